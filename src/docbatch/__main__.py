@@ -1,0 +1,3 @@
+from docbatch.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""Authentication and authorization dependencies, declared once per role.
+
+Order of checks: a missing or invalid token is 401; a token without the action's role is 403; a
+malformed `tenantGuid` is 400; a tenant the token does not list is 403, before any lookup.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+import structlog
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from docbatch.api.state import AppState, app_state
+from docbatch.auth.principal import Principal, Role, TenantScope, grant_tenant
+from docbatch.core.errors import AuthenticationError, ForbiddenError, InvalidRequestError
+
+_bearer = HTTPBearer(auto_error=False, description="An access token from /core/connect/token.")
+
+State = Annotated[AppState, Depends(app_state)]
+
+
+async def _principal(
+    request: Request,
+    state: State,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise AuthenticationError(
+            "A bearer token is required: send 'Authorization: Bearer <token>' with a token from "
+            "/core/connect/token."
+        )
+    principal = await state.verifier.verify(credentials.credentials)
+    structlog.contextvars.bind_contextvars(subject=principal.subject)
+    return principal
+
+
+def _requires(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+        if role.value not in principal.roles:
+            raise ForbiddenError(
+                f"This action requires the {role.value} role, which the token lacks."
+            )
+        return principal
+
+    return check
+
+
+CreatorPrincipal = Annotated[Principal, Depends(_requires(Role.BATCH_CREATOR))]
+ViewerPrincipal = Annotated[Principal, Depends(_requires(Role.BATCH_VIEWER))]
+AdminPrincipal = Annotated[Principal, Depends(_requires(Role.BATCH_ADMIN))]
+
+
+def parse_guid(value: str, name: str) -> uuid.UUID:
+    """Parse a GUID in any case; raise `InvalidRequestError` (400) naming the parameter."""
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError) as error:
+        raise InvalidRequestError(
+            f"{name} '{value[:64]}' is not a GUID; send it as 8-4-4-4-12 hexadecimal digits."
+        ) from error
+
+
+def tenant_scope(
+    principal: Principal,
+    tenant_guid: str,
+) -> TenantScope:
+    guid = parse_guid(tenant_guid, "tenantGuid")
+    scope = grant_tenant(principal, guid)
+    if scope is None:
+        raise ForbiddenError(f"The token does not grant access to tenant {guid}.")
+    structlog.contextvars.bind_contextvars(tenant=str(guid))
+    return scope
+
+
+TenantGuidQuery = Annotated[str, Query(alias="tenantGuid", description="The tenant to act in.")]
+
+
+async def _creator_scope(principal: CreatorPrincipal, tenant_guid: TenantGuidQuery) -> TenantScope:
+    return tenant_scope(principal, tenant_guid)
+
+
+async def _viewer_scope(principal: ViewerPrincipal, tenant_guid: TenantGuidQuery) -> TenantScope:
+    return tenant_scope(principal, tenant_guid)
+
+
+async def _admin_scope(principal: AdminPrincipal, tenant_guid: TenantGuidQuery) -> TenantScope:
+    return tenant_scope(principal, tenant_guid)
+
+
+CreatorScope = Annotated[TenantScope, Depends(_creator_scope)]
+ViewerScope = Annotated[TenantScope, Depends(_viewer_scope)]
+AdminScope = Annotated[TenantScope, Depends(_admin_scope)]

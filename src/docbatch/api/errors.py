@@ -1,0 +1,117 @@
+"""One place that turns every failure into the envelope with the right status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from docbatch.core.errors import DocBatchError, InfrastructureError, ServiceUnavailableError
+
+logger = structlog.get_logger(__name__)
+
+_HTTP_MESSAGES = {
+    404: "No action exists at this path; check the URL against /docs.",
+    405: "This action does not accept the {method} method; check /docs for the right one.",
+}
+
+
+def envelope_response(
+    status_code: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"isSuccess": False, "error": message, "result": None},
+        status_code=status_code,
+        headers=headers,
+    )
+
+
+def describe_validation_error(error: dict[str, Any]) -> str:
+    location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query")]
+    where = ".".join(location) or "the request"
+    message = str(error.get("msg", "is invalid"))
+    if error.get("type") == "missing":
+        return f"{where} is required; add it to the request."
+    if error.get("type") == "extra_forbidden":
+        return f"{where} is not a known field; remove it from the request."
+    if error.get("type") == "json_invalid":
+        return f"The request body is not valid JSON: {error.get('ctx', {}).get('error', message)}."
+    return f"{where} is invalid: {message.rstrip('.')}. Correct it and retry."
+
+
+async def _domain_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DocBatchError)
+    logger.info("request.rejected", status=error.status_code, error=error.message)
+    return envelope_response(error.status_code, error.message, error.headers)
+
+
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    errors = list(error.errors())
+    message = describe_validation_error(errors[0]) if errors else "The request is invalid."
+    if len(errors) > 1:
+        message += (
+            f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} in the request.)"
+        )
+    logger.info("request.rejected", status=400, error=message)
+    return envelope_response(400, message)
+
+
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    template = _HTTP_MESSAGES.get(error.status_code)
+    message = template.format(method=request.method) if template else str(error.detail)
+    return envelope_response(error.status_code, message, dict(error.headers or {}))
+
+
+async def _unavailable(request: Request, error: Exception) -> JSONResponse:
+    logger.warning(
+        "request.backend_unavailable",
+        error=str(error).splitlines()[0][:300],
+        error_type=type(error).__name__,
+    )
+    unavailable = ServiceUnavailableError()
+    return envelope_response(unavailable.status_code, unavailable.message, unavailable.headers)
+
+
+def internal_error_message(request_id: str) -> str:
+    return (
+        "The service failed to complete the request; report request id "
+        f"{request_id} to the operator."
+    )
+
+
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    logger.exception("request.failed", error_type=type(error).__name__)
+    request_id = request.scope.get("state", {}).get("request_id", "unknown")
+    return envelope_response(500, internal_error_message(request_id))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DocBatchError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for unavailable in (
+        OperationalError,
+        PoolTimeoutError,
+        InfrastructureError,
+        ConnectionError,
+        OSError,
+    ):
+        app.add_exception_handler(unavailable, _unavailable)
+    app.add_exception_handler(DBAPIError, _dbapi_error)
+    # Any other exception is turned into a 500 envelope by RequestIdMiddleware, which runs
+    # inside Starlette's outermost error middleware and so can still add X-Request-ID.
+
+
+async def _dbapi_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DBAPIError)
+    if error.connection_invalidated:
+        return await _unavailable(request, error)
+    return await _unexpected(request, error)

@@ -1,0 +1,112 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from docbatch import __version__
+from docbatch.api import batch_types, batches, records, token
+from docbatch.api.errors import install_error_handlers
+from docbatch.api.middleware import RequestIdMiddleware
+from docbatch.api.state import AppState
+from docbatch.auth.keys import load_or_create_signing_key
+from docbatch.auth.tokens import JwksKeyResolver, LocalKeyResolver, TokenIssuer, TokenVerifier
+from docbatch.core.settings import Settings
+from docbatch.storage.blobs import open_blob_store
+from docbatch.store.database import Database
+from docbatch.worker.runner import Worker
+
+logger = structlog.get_logger(__name__)
+
+DESCRIPTION = """
+Batch document service. Create a batch of a batch type, upload XML or JSON records into it, and
+call MarkBatchUploadComplete: workers validate every record against the batch type's schema.
+
+Every JSON response is an envelope `{"isSuccess", "error", "result"}`. Authenticate with a
+bearer token from `POST /core/connect/token` (OAuth 2.0 client credentials). Every action takes
+`tenantGuid`; the role each action needs is named in its summary.
+"""
+
+
+def build_state(settings: Settings) -> AppState:
+    """Open the database, the blob store and the token keys named by the settings."""
+    database = Database(settings)
+    blobs = open_blob_store(settings.storage_url)
+    issuer: TokenIssuer | None = None
+    if settings.uses_external_identity_provider:
+        assert settings.oidc_jwks_url is not None
+        verifier = TokenVerifier(
+            JwksKeyResolver(settings.oidc_jwks_url, settings.oidc_algorithms),
+            issuer=settings.oidc_issuer or "",
+            audience=settings.oidc_audience or "",
+            leeway_seconds=settings.token_leeway_seconds,
+            roles_claim=settings.roles_claim,
+            tenants_claim=settings.tenants_claim,
+        )
+    else:
+        key = load_or_create_signing_key(
+            settings.effective_signing_key_file(), create=settings.is_embedded
+        )
+        issuer = TokenIssuer(
+            key,
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+            ttl_seconds=settings.token_ttl_seconds,
+            roles_claim=settings.roles_claim,
+            tenants_claim=settings.tenants_claim,
+        )
+        verifier = TokenVerifier(
+            LocalKeyResolver(key),
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+            leeway_seconds=settings.token_leeway_seconds,
+            roles_claim=settings.roles_claim,
+            tenants_claim=settings.tenants_claim,
+        )
+    return AppState(
+        settings=settings, database=database, blobs=blobs, verifier=verifier, issuer=issuer
+    )
+
+
+def create_app(settings: Settings | None = None, *, run_worker: bool = False) -> FastAPI:
+    """Build the application; with `run_worker` the process also works through the job queue."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = build_state(settings)
+        app.state.docbatch = state
+        worker = Worker(settings, state.database, state.blobs) if run_worker else None
+        if worker is not None:
+            await worker.start()
+        logger.info(
+            "service.started",
+            version=__version__,
+            worker=run_worker,
+            database=state.database.url.get_backend_name(),
+        )
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await worker.stop()
+            await state.database.dispose()
+            logger.info("service.stopped")
+
+    app = FastAPI(
+        title="DocBatch",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    app.include_router(token.router)
+    app.include_router(batch_types.router)
+    app.include_router(batches.router)
+    app.include_router(records.router)
+    return app

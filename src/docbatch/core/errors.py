@@ -1,0 +1,72 @@
+"""The domain error hierarchy. Each class carries its HTTP status; one handler renders them."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class DocBatchError(Exception):
+    """Base class of errors that reach the client as an envelope with a specific status."""
+
+    status_code: ClassVar[int] = 500
+    default_message: ClassVar[str] = "The request failed."
+    headers: dict[str, str] | None = None
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+
+class InvalidRequestError(DocBatchError):
+    status_code = 400
+    default_message = "The request is invalid; check the parameters and the body."
+
+
+class AuthenticationError(DocBatchError):
+    status_code = 401
+    default_message = "A valid bearer token is required; request one from /core/connect/token."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message)
+        self.headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+class ForbiddenError(DocBatchError):
+    status_code = 403
+    default_message = "The token does not grant access to this action."
+
+
+class NotFoundError(DocBatchError):
+    status_code = 404
+    default_message = "The requested object was not found in this tenant."
+
+
+class ConflictError(DocBatchError):
+    status_code = 409
+    default_message = "The object's current state does not allow this action."
+
+
+class PayloadTooLargeError(DocBatchError):
+    status_code = 413
+    default_message = "The request body is over the configured limit; nothing was stored."
+
+
+class UnsupportedMediaTypeError(DocBatchError):
+    status_code = 415
+    default_message = "The request body has the wrong content type."
+
+
+class ServiceUnavailableError(DocBatchError):
+    status_code = 503
+    default_message = (
+        "The database or blob store is unreachable; nothing was changed. Retry the request later."
+    )
+    retry_after_seconds: ClassVar[int] = 5
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(self.retry_after_seconds)}
+
+
+class InfrastructureError(Exception):
+    """A database or blob store failure that a worker retries with backoff."""

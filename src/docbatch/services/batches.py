@@ -1,0 +1,157 @@
+"""The batch state machine: create, close the upload, approve, read."""
+
+from __future__ import annotations
+
+import uuid
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from docbatch.auth.principal import TenantScope
+from docbatch.core.errors import ConflictError, NotFoundError
+from docbatch.core.settings import Settings
+from docbatch.core.timefmt import utcnow
+from docbatch.queue import jobs
+from docbatch.store import batch_types as batch_type_store
+from docbatch.store import batches as store
+from docbatch.store.models import Batch, BatchStatus, BatchType
+
+logger = structlog.get_logger(__name__)
+
+MAX_BATCH_REFERENCE_LENGTH = 200
+# Statuses in which a batch's upload is complete and MarkBatchUploadComplete changes nothing.
+_CLOSED_STATUSES = {
+    BatchStatus.AWAITING_APPROVAL,
+    BatchStatus.QUEUED,
+    BatchStatus.PROCESSING,
+    BatchStatus.COMPLETED,
+    BatchStatus.ERROR,
+}
+
+
+def process_batch_dedupe_key(batch_id: int) -> str:
+    return f"process-batch:{batch_id}"
+
+
+async def enqueue_processing(session: AsyncSession, batch: Batch, settings: Settings) -> None:
+    """Enqueue the job that processes a `Queued` batch, in the caller's transaction."""
+    now = utcnow()
+    await jobs.enqueue(
+        session,
+        jobs.JobKind.PROCESS_BATCH,
+        {"batch_id": batch.id},
+        now=now,
+        max_attempts=settings.job_max_attempts,
+        tenant_guid=batch.tenant_guid,
+        batch_id=batch.id,
+        dedupe_key=process_batch_dedupe_key(batch.id),
+    )
+
+
+async def create_batch(
+    session: AsyncSession,
+    scope: TenantScope,
+    batch_type_guid: uuid.UUID,
+    reference: str | None,
+) -> Batch:
+    """Open a new batch in `Creating` for a batch type of the tenant.
+
+    Raises `NotFoundError` when the batch type does not exist in the tenant.
+    """
+    batch_type = await batch_type_store.get_batch_type(session, scope, batch_type_guid)
+    if batch_type is None:
+        raise NotFoundError(f"Batch type {batch_type_guid} was not found in tenant {scope.guid}.")
+    batch = await store.insert_batch(session, scope, batch_type, reference, utcnow())
+    logger.info(
+        "batch.created",
+        batch_guid=str(batch.guid),
+        batch_type_guid=str(batch_type_guid),
+        tenant=str(scope.guid),
+    )
+    return batch
+
+
+async def _get(session: AsyncSession, scope: TenantScope, guid: uuid.UUID) -> Batch:
+    batch = await store.get_batch(session, scope, guid)
+    if batch is None:
+        raise NotFoundError(f"Batch {guid} was not found in tenant {scope.guid}.")
+    return batch
+
+
+async def get_batch(
+    session: AsyncSession, scope: TenantScope, guid: uuid.UUID
+) -> tuple[Batch, BatchType]:
+    """Return the batch and its batch type; raise `NotFoundError` if the tenant has no such batch."""
+    batch = await _get(session, scope, guid)
+    return batch, await batch_type_store.get_batch_type_by_id(session, batch.batch_type_id)
+
+
+async def mark_upload_complete(
+    session: AsyncSession,
+    scope: TenantScope,
+    guid: uuid.UUID,
+    expected_record_count: int | None,
+    settings: Settings,
+) -> tuple[Batch, BatchType]:
+    """Close a batch to new records.
+
+    `Creating` becomes `AwaitingApproval` when the batch type requires approval, otherwise
+    `Queued` with its processing job inserted in the same transaction. One conditional update
+    decides, so concurrent calls make one transition and one job, and the cost does not depend
+    on the number of records. A batch already closed is returned unchanged.
+
+    Raises `NotFoundError`, and `ConflictError` for a cancelled or purged batch or when
+    `expected_record_count` differs from the records accepted.
+    """
+    closed = await store.close_upload(session, scope, guid, expected_record_count, utcnow())
+    if closed is not None:
+        if closed.status == BatchStatus.QUEUED:
+            await enqueue_processing(session, closed, settings)
+        logger.info(
+            "batch.upload_completed",
+            batch_guid=str(guid),
+            tenant=str(scope.guid),
+            status=closed.status,
+            records=closed.total_records,
+        )
+        return closed, await batch_type_store.get_batch_type_by_id(session, closed.batch_type_id)
+
+    batch = await _get(session, scope, guid)
+    status = BatchStatus(batch.status)
+    if status == BatchStatus.CREATING:
+        raise ConflictError(
+            f"Batch {guid} has {batch.total_records} records but expectedRecordCount is "
+            f"{expected_record_count}; nothing was changed. Upload the missing records or "
+            "correct expectedRecordCount."
+        )
+    if status not in _CLOSED_STATUSES:
+        raise ConflictError(
+            f"Batch {guid} is {status.value}; a {status.value.lower()} batch cannot be completed."
+        )
+    return batch, await batch_type_store.get_batch_type_by_id(session, batch.batch_type_id)
+
+
+async def approve_batch(
+    session: AsyncSession, scope: TenantScope, guid: uuid.UUID, settings: Settings
+) -> tuple[Batch, BatchType]:
+    """Move `AwaitingApproval` to `Queued` and enqueue its processing job, atomically.
+
+    A batch already past approval is returned unchanged with no new job. Raises
+    `NotFoundError`, and `ConflictError` while the upload is open or after cancellation.
+    """
+    approved = await store.approve(session, scope, guid, utcnow())
+    if approved is not None:
+        await enqueue_processing(session, approved, settings)
+        logger.info("batch.approved", batch_guid=str(guid), tenant=str(scope.guid))
+        return approved, await batch_type_store.get_batch_type_by_id(
+            session, approved.batch_type_id
+        )
+
+    batch = await _get(session, scope, guid)
+    if batch.status == BatchStatus.CREATING:
+        raise ConflictError(
+            f"Batch {guid} is still Creating; call MarkBatchUploadComplete before ApproveBatch."
+        )
+    if batch.status == BatchStatus.CANCELLED:
+        raise ConflictError(f"Batch {guid} is Cancelled; a cancelled batch cannot be approved.")
+    return batch, await batch_type_store.get_batch_type_by_id(session, batch.batch_type_id)

@@ -1,0 +1,252 @@
+"""Record rules: uploads into open batches, readiness, reads."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+
+import structlog
+from lxml import etree
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from docbatch.auth.principal import TenantScope
+from docbatch.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from docbatch.core.settings import Settings
+from docbatch.core.timefmt import utcnow
+from docbatch.queue import jobs
+from docbatch.storage.blobs import BlobStore, BlobWriter, record_blob_key
+from docbatch.store import batches as batch_store
+from docbatch.store import records as store
+from docbatch.store.database import Database
+from docbatch.store.models import Batch, BatchRecord, BatchStatus, RecordLogEntry, RecordStatus
+from docbatch.validation.xml import XmlRejectedError, parse_document
+
+logger = structlog.get_logger(__name__)
+
+
+def effective_record_status(record: BatchRecord, batch: Batch) -> str:
+    """A record still stored as `Creating` in a closed batch is ready for validation."""
+    if record.status == RecordStatus.CREATING and batch.has_creation_completed:
+        return RecordStatus.READY_FOR_VALIDATION.value
+    return record.status
+
+
+def validate_metadata(text: str, description: str) -> None:
+    """Raise `InvalidRequestError` unless `text` is JSON or well-formed XML."""
+    try:
+        json.loads(text)
+    except ValueError:
+        pass
+    else:
+        return
+    try:
+        parse_document(text.encode(), max_depth=256)
+    except XmlRejectedError as error:
+        raise InvalidRequestError(
+            f"{description} must be JSON or well-formed XML text; as XML it fails at {error}."
+        ) from error
+
+
+def _closed_batch_error(batch: Batch) -> ConflictError:
+    return ConflictError(
+        f"Batch {batch.guid} is {batch.status} and no longer accepts records; nothing was "
+        "stored. Create a new batch for more records."
+    )
+
+
+def validate_ready_dedupe_key(batch_id: int) -> str:
+    return f"validate-ready:{batch_id}"
+
+
+async def _enqueue_validation(
+    session: AsyncSession, batch: Batch | int, scope: TenantScope, settings: Settings
+) -> None:
+    batch_id = batch if isinstance(batch, int) else batch.id
+    await jobs.enqueue(
+        session,
+        jobs.JobKind.VALIDATE_READY,
+        {"batch_id": batch_id},
+        now=utcnow(),
+        max_attempts=settings.job_max_attempts,
+        tenant_guid=scope.guid,
+        batch_id=batch_id,
+        dedupe_key=validate_ready_dedupe_key(batch_id),
+    )
+
+
+class RecordUpload:
+    """One CreateBatchRecord(s) request: payloads stream into blobs, then one transaction
+    counts and inserts them, or nothing is kept.
+
+    Use `begin`, then `new_payload` per record, then `commit` or `abort`.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        blobs: BlobStore,
+        scope: TenantScope,
+        batch: Batch,
+        settings: Settings,
+    ) -> None:
+        self._database = database
+        self._blobs = blobs
+        self._scope = scope
+        self._batch = batch
+        self._settings = settings
+        self._writers: list[BlobWriter] = []
+        self._file_names: list[str | None] = []
+        self._published: list[str] = []
+
+    @classmethod
+    async def begin(
+        cls,
+        database: Database,
+        blobs: BlobStore,
+        scope: TenantScope,
+        batch_guid: uuid.UUID,
+        settings: Settings,
+    ) -> RecordUpload:
+        """Check that the batch exists and is open before any payload byte is read.
+
+        Raises `NotFoundError` or `ConflictError`; the final check happens again at commit.
+        """
+        async with database.read() as session:
+            batch = await batch_store.get_batch(session, scope, batch_guid)
+        if batch is None:
+            raise NotFoundError(f"Batch {batch_guid} was not found in tenant {scope.guid}.")
+        if batch.status != BatchStatus.CREATING:
+            raise _closed_batch_error(batch)
+        return cls(database, blobs, scope, batch, settings)
+
+    @property
+    def record_count(self) -> int:
+        return len(self._writers)
+
+    def new_payload(self, file_name: str | None) -> BlobWriter:
+        writer = self._blobs.new_writer(record_blob_key(self._scope.guid, self._batch.guid))
+        self._writers.append(writer)
+        self._file_names.append(file_name)
+        return writer
+
+    async def commit(self, metadata: Sequence[str | None], ready_for_validation: bool) -> list[int]:
+        """Publish the payloads and insert the records in one transaction; return their ids.
+
+        Raises `ConflictError` if the batch closed while the payloads were streaming; then, as
+        on any error, every payload of this upload is deleted.
+        """
+        try:
+            for writer in self._writers:
+                await writer.commit()
+                self._published.append(writer.key)
+            now = utcnow()
+            async with self._database.transaction() as session:
+                batch_id = await batch_store.reserve_record_slots(
+                    session, self._scope, self._batch.guid, len(self._writers), now
+                )
+                if batch_id is None:
+                    current = await batch_store.get_batch(session, self._scope, self._batch.guid)
+                    raise _closed_batch_error(current or self._batch)
+                new_records = [
+                    store.NewRecord(writer.key, writer.size, file_name, meta)
+                    for writer, file_name, meta in zip(
+                        self._writers, self._file_names, metadata, strict=True
+                    )
+                ]
+                status = (
+                    RecordStatus.READY_FOR_VALIDATION
+                    if ready_for_validation
+                    else RecordStatus.CREATING
+                )
+                ids = await store.insert_records(
+                    session, self._scope, batch_id, new_records, status, now
+                )
+                if ready_for_validation:
+                    await _enqueue_validation(session, batch_id, self._scope, self._settings)
+        except BaseException:
+            await self.abort()
+            raise
+        logger.info(
+            "records.created",
+            batch_guid=str(self._batch.guid),
+            tenant=str(self._scope.guid),
+            records=len(ids),
+            first_record_id=ids[0] if ids else None,
+            payload_bytes=sum(writer.size for writer in self._writers),
+        )
+        return ids
+
+    async def abort(self) -> None:
+        """Delete every payload of this upload, published or not."""
+        for writer in self._writers:
+            try:
+                await writer.abort()
+                if writer.key in self._published:
+                    await self._blobs.delete(writer.key)
+            except Exception:
+                logger.exception(
+                    "records.payload_cleanup_failed",
+                    blob_key=writer.key,
+                    batch_guid=str(self._batch.guid),
+                )
+
+
+async def _get_batch(session: AsyncSession, scope: TenantScope, batch_guid: uuid.UUID) -> Batch:
+    batch = await batch_store.get_batch(session, scope, batch_guid)
+    if batch is None:
+        raise NotFoundError(f"Batch {batch_guid} was not found in tenant {scope.guid}.")
+    return batch
+
+
+async def mark_ready_for_validation(
+    session: AsyncSession,
+    scope: TenantScope,
+    batch_guid: uuid.UUID,
+    record_ids: Sequence[int],
+    settings: Settings,
+) -> list[int]:
+    """Move the named `Creating` records to `ReadyForValidation` and enqueue their validation.
+
+    Records further along are left as they are. Returns the ids, each once, in request order.
+    Raises `NotFoundError` (nothing changes) when any id is not a record of the batch, and
+    `ConflictError` for a cancelled or purged batch.
+    """
+    batch = await _get_batch(session, scope, batch_guid)
+    if batch.status in (BatchStatus.CANCELLED, BatchStatus.PURGED):
+        raise ConflictError(
+            f"Batch {batch_guid} is {batch.status}; its records are no longer validated."
+        )
+    unique_ids = list(dict.fromkeys(record_ids))
+    found = await store.existing_record_ids(session, scope, batch.id, unique_ids)
+    missing = [record_id for record_id in unique_ids if record_id not in found]
+    if missing:
+        listed = ", ".join(str(record_id) for record_id in missing[:20])
+        raise NotFoundError(
+            f"Records {listed} were not found in batch {batch_guid}; nothing was changed."
+        )
+    moved = await store.mark_ready(session, batch.id, unique_ids, utcnow())
+    if moved:
+        await _enqueue_validation(session, batch, scope, settings)
+    logger.info(
+        "records.marked_ready", batch_guid=str(batch_guid), tenant=str(scope.guid), records=moved
+    )
+    return unique_ids
+
+
+async def get_record(
+    session: AsyncSession, scope: TenantScope, batch_guid: uuid.UUID, record_id: int
+) -> tuple[BatchRecord, Batch]:
+    """Return a record and its batch; raise `NotFoundError` if either is not in the tenant."""
+    batch = await _get_batch(session, scope, batch_guid)
+    record = await store.get_record(session, scope, batch.id, record_id)
+    if record is None:
+        raise NotFoundError(f"Record {record_id} was not found in batch {batch_guid}.")
+    return record, batch
+
+
+async def get_record_log(
+    session: AsyncSession, scope: TenantScope, batch_guid: uuid.UUID, record_id: int
+) -> list[RecordLogEntry]:
+    record, _ = await get_record(session, scope, batch_guid, record_id)
+    return await store.list_log_entries(session, record.id)

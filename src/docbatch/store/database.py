@@ -1,0 +1,87 @@
+"""Engine and transaction scopes. A request or a job owns its transaction; services never commit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from docbatch.core.settings import Settings
+
+# The execution option that picks how a SQLite transaction begins. Writers take the write lock at
+# BEGIN (IMMEDIATE), so two writers never both read a row and then fail to upgrade their lock;
+# readers begin DEFERRED and see a consistent WAL snapshot without blocking writers.
+_SQLITE_BEGIN = "docbatch_sqlite_begin"
+
+
+class Database:
+    """The engine and the session factory for one database URL."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = make_url(settings.database_url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        engine_options: dict[str, Any] = {"pool_pre_ping": not self.is_sqlite}
+        if self.is_sqlite:
+            _ensure_sqlite_folder(self.url.database)
+        else:
+            engine_options.update(
+                pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+            )
+        self.engine: AsyncEngine = create_async_engine(self.url, **engine_options)
+        if self.is_sqlite:
+            _configure_sqlite(self.engine, settings.sqlite_busy_timeout_ms)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """Open a read-write transaction that commits on success and rolls back on any error."""
+        async with self._sessions() as session, session.begin():
+            if self.is_sqlite:
+                await session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """Open a read-only transaction; on SQLite it does not take the write lock."""
+        async with self._sessions() as session, session.begin():
+            if self.is_sqlite:
+                await session.connection(execution_options={_SQLITE_BEGIN: "DEFERRED"})
+            yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _ensure_sqlite_folder(database: str | None) -> None:
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    """Take over BEGIN from the driver and set the pragmas every connection needs."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Autocommit at the driver level, so that the "begin" listener below emits BEGIN itself.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
+        connection.exec_driver_sql(f"BEGIN {mode}")

@@ -1,0 +1,88 @@
+"""Reading a record's reference with an XPath 1.0 expression (XML) or a JSON Pointer (JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lxml import etree
+
+# The column that stores a record's reference holds this many characters.
+MAX_REFERENCE_LENGTH = 400
+
+
+class ReferencePathError(ValueError):
+    pass
+
+
+def compile_xpath(expression: str) -> etree.XPath:
+    try:
+        return etree.XPath(expression)
+    except etree.XPathSyntaxError as error:
+        raise ReferencePathError(
+            f"'{expression}' is not a valid XPath 1.0 expression: {error}"
+        ) from error
+
+
+def read_xml_reference(expression: str, tree: etree._ElementTree) -> str | None:
+    """Evaluate with the namespace prefixes declared on the record's root element.
+
+    Raises `ReferencePathError` when the expression cannot be evaluated on this record.
+    """
+    root = tree.getroot()
+    namespaces = {prefix: uri for prefix, uri in root.nsmap.items() if prefix}
+    try:
+        result: Any = root.xpath(expression, namespaces=namespaces)
+    except etree.XPathError as error:
+        raise ReferencePathError(
+            f"the reference path '{expression}' failed on this record: {error}"
+        ) from error
+    if isinstance(result, list):
+        if not result:
+            return None
+        first = result[0]
+        text = first.xpath("string(.)") if isinstance(first, etree._Element) else str(first)
+    elif isinstance(result, bool):
+        text = "true" if result else "false"
+    elif isinstance(result, float):
+        text = str(int(result)) if result.is_integer() else str(result)
+    else:
+        text = str(result)
+    return _clip(text.strip()) or None
+
+
+def parse_json_pointer(pointer: str) -> list[str]:
+    """Split an RFC 6901 JSON Pointer into unescaped tokens."""
+    if pointer == "":
+        return []
+    if not pointer.startswith("/"):
+        raise ReferencePathError(
+            f"'{pointer}' is not a JSON Pointer: it must be empty or start with '/'"
+        )
+    tokens = []
+    for raw in pointer[1:].split("/"):
+        if "~" in raw.replace("~0", "").replace("~1", ""):
+            raise ReferencePathError(
+                f"'{pointer}' is not a JSON Pointer: '~' must be followed by 0 or 1"
+            )
+        tokens.append(raw.replace("~1", "/").replace("~0", "~"))
+    return tokens
+
+
+def read_json_reference(tokens: list[str], document: Any) -> str | None:
+    node = document
+    for token in tokens:
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return None
+    if node is None or isinstance(node, dict | list):
+        return None
+    if isinstance(node, bool):
+        return "true" if node else "false"
+    return _clip(str(node))
+
+
+def _clip(text: str) -> str:
+    return text[:MAX_REFERENCE_LENGTH]
