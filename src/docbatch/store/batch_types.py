@@ -47,6 +47,11 @@ async def list_batch_types(session: AsyncSession, scope: TenantScope) -> list[Ba
     return list(result)
 
 
+def clear_cache() -> None:
+    """Forget cached batch types; tests call it after emptying the database."""
+    _by_id.clear()
+
+
 async def get_batch_type_by_id(session: AsyncSession, batch_type_id: int) -> BatchType:
     """Return a batch type by primary key for a batch that is already known to the caller."""
     cached = _by_id.get(batch_type_id)
