@@ -191,7 +191,8 @@ async def _retry_job(settings: Settings, job_id: int) -> None:
         async with database.transaction() as session:
             if not await jobs.retry_failed(session, job_id, utcnow()):
                 raise CommandError(
-                    f"job {job_id} does not exist or has not failed; only failed jobs can be retried"
+                    f"job {job_id} does not exist or has not failed; "
+                    "only failed jobs can be retried"
                 )
     finally:
         await database.dispose()
@@ -337,7 +338,8 @@ def run(arguments: argparse.Namespace, settings: Settings) -> None:
             print(json.dumps({"clientId": client_id, "clientSecret": secret}))
         else:
             print(
-                f"client id:     {client_id}\nclient secret: {secret}\nThe secret is shown only this once."
+                f"client id:     {client_id}\nclient secret: {secret}\n"
+                "The secret is shown only this once."
             )
     elif command == "token":
         print(_issue_token(settings, arguments.tenant, arguments.role, arguments.subject))

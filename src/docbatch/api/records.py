@@ -88,7 +88,8 @@ class _FormReader:
         if part.name == RECORD_PART:
             if self._single and self.file_names:
                 raise InvalidRequestError(
-                    f"CreateBatchRecord takes one {RECORD_PART} part; use CreateBatchRecords for several."
+                    f"CreateBatchRecord takes one {RECORD_PART} part; "
+                    "use CreateBatchRecords for several."
                 )
             if len(self.file_names) >= self._max_records:
                 raise PayloadTooLargeError(
@@ -106,21 +107,24 @@ class _FormReader:
             self._in_metadata = True
         else:
             raise InvalidRequestError(
-                f"The form field '{part.name[:100]}' is unknown; send only {RECORD_PART} and {METADATA_PART}."
+                f"The form field '{part.name[:100]}' is unknown; "
+                f"send only {RECORD_PART} and {METADATA_PART}."
             )
 
     async def _data(self, data: bytes) -> None:
         if self._writer is not None:
             if self._writer.size + len(data) > self._max_record:
                 raise PayloadTooLargeError(
-                    f"Record data is over the limit of {self._max_record} bytes; nothing was stored."
+                    f"Record data is over the limit of {self._max_record} bytes; "
+                    "nothing was stored."
                 )
             await self._writer.write(data)
         elif self._in_metadata and self.metadata is not None:
             self.metadata += data
             if len(self.metadata) > self._max_metadata:
                 raise PayloadTooLargeError(
-                    f"{METADATA_PART} is over the limit of {self._max_metadata} bytes; nothing was stored."
+                    f"{METADATA_PART} is over the limit of {self._max_metadata} bytes; "
+                    "nothing was stored."
                 )
 
     def _end(self) -> None:
@@ -161,12 +165,14 @@ def _metadata_per_record(
     unknown = sorted(set(by_name) - set(file_names))
     if unknown:
         raise InvalidRequestError(
-            f"{METADATA_PART} names file '{unknown[0][:200]}', which is not the file name of any {RECORD_PART} part."
+            f"{METADATA_PART} names file '{unknown[0][:200]}', which is not the file name "
+            f"of any {RECORD_PART} part."
         )
     for name, value in by_name.items():
         if len(value.encode()) > max_bytes:
             raise PayloadTooLargeError(
-                f"The metadata of '{name[:200]}' is over the limit of {max_bytes} bytes; nothing was stored."
+                f"The metadata of '{name[:200]}' is over the limit of {max_bytes} bytes; "
+                "nothing was stored."
             )
         service.validate_metadata(value, f"The metadata of '{name[:200]}'")
     return [by_name.get(name) if name is not None else None for name in file_names]

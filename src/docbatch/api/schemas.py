@@ -38,13 +38,13 @@ class Envelope(BaseModel, Generic[T]):
         json_schema_extra={"examples": [{"isSuccess": True, "error": None, "result": None}]}
     )
 
-    isSuccess: bool  # noqa: N815  # fixed by the DocFusion-compatible contract
+    isSuccess: bool  # camelCase is fixed by the DocFusion-compatible contract
     error: str | None
     result: T | None
 
 
 class ErrorEnvelope(BaseModel):
-    isSuccess: Literal[False] = False  # noqa: N815
+    isSuccess: Literal[False] = False
     error: str
     result: None = None
 
@@ -200,4 +200,4 @@ class RecordLogEntryOut(WireModel):
 class TokenResponse(BaseModel):
     access_token: str
     expires_in: int
-    token_type: Literal["Bearer"] = "Bearer"
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105  # a token type, not a secret

@@ -11,8 +11,8 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from docbatch.api.state import app_state
 from docbatch.api.schemas import TokenResponse
+from docbatch.api.state import app_state
 from docbatch.auth.clients import authenticate_client
 
 logger = structlog.get_logger(__name__)

@@ -39,5 +39,5 @@ def load_or_create_signing_key(path: Path, *, create: bool) -> ec.EllipticCurveP
     if not isinstance(loaded, ec.EllipticCurvePrivateKey) or not isinstance(
         loaded.curve, ec.SECP256R1
     ):
-        raise ValueError(f"the signing key file {path} must hold an EC P-256 (prime256v1) key")
+        raise TypeError(f"the signing key file {path} must hold an EC P-256 (prime256v1) key")
     return loaded

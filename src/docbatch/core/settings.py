@@ -29,8 +29,8 @@ class Settings(BaseSettings):
 
     # Tokens issued by this service.
     token_ttl_seconds: int = Field(default=3600, gt=0)
-    token_issuer: str = "docbatch"
-    token_audience: str = "docbatch"
+    token_issuer: str = "docbatch"  # noqa: S105  # an issuer name, not a secret
+    token_audience: str = "docbatch"  # noqa: S105  # an audience name, not a secret
     signing_key_file: Path | None = None
     token_leeway_seconds: int = Field(default=30, ge=0)
 
@@ -93,23 +93,28 @@ class Settings(BaseSettings):
         return Path("./var/signing-key.pem")
 
     def check_safe_for_serving(self) -> None:
-        """Raise `UnsafeSettingsError` for a shared deployment that would rely on local defaults."""
-        if self.is_embedded:
-            return
-        if self.signing_key_file is None and not self.uses_external_identity_provider:
+        """Raise `UnsafeSettingsError` for settings that must not serve requests.
+
+        External identity provider settings must be complete and asymmetric everywhere; outside
+        the embedded default, the signing key must be configured explicitly.
+        """
+        if self.uses_external_identity_provider:
+            if not (self.oidc_issuer and self.oidc_audience):
+                raise UnsafeSettingsError(
+                    "DOCBATCH_OIDC_ISSUER and DOCBATCH_OIDC_AUDIENCE must be set with "
+                    "DOCBATCH_OIDC_JWKS_URL, otherwise tokens for other applications are accepted"
+                )
+            if any(
+                alg.lower() == "none" or alg.upper().startswith("HS")
+                for alg in self.oidc_algorithms
+            ):
+                raise UnsafeSettingsError(
+                    "DOCBATCH_OIDC_ALGORITHMS may only list asymmetric algorithms "
+                    "such as RS256 or ES256"
+                )
+        elif self.signing_key_file is None and not self.is_embedded:
             raise UnsafeSettingsError(
                 "DOCBATCH_SIGNING_KEY_FILE is not set: a deployment on a shared database must "
                 "configure a signing key file (or an external identity provider with "
                 "DOCBATCH_OIDC_JWKS_URL) so that every API process verifies the same tokens"
-            )
-        if self.uses_external_identity_provider and not (self.oidc_issuer and self.oidc_audience):
-            raise UnsafeSettingsError(
-                "DOCBATCH_OIDC_ISSUER and DOCBATCH_OIDC_AUDIENCE must be set with "
-                "DOCBATCH_OIDC_JWKS_URL, otherwise tokens for other applications would be accepted"
-            )
-        if any(
-            alg.lower() == "none" or alg.upper().startswith("HS") for alg in self.oidc_algorithms
-        ):
-            raise UnsafeSettingsError(
-                "DOCBATCH_OIDC_ALGORITHMS may only list asymmetric algorithms such as RS256 or ES256"
             )

@@ -81,7 +81,7 @@ async def _get(session: AsyncSession, scope: TenantScope, guid: uuid.UUID) -> Ba
 async def get_batch(
     session: AsyncSession, scope: TenantScope, guid: uuid.UUID
 ) -> tuple[Batch, BatchType]:
-    """Return the batch and its batch type; raise `NotFoundError` if the tenant has no such batch."""
+    """Return the batch and its batch type; raise `NotFoundError` if the tenant lacks it."""
     batch = await _get(session, scope, guid)
     return batch, await batch_type_store.get_batch_type_by_id(session, batch.batch_type_id)
 

@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Sequence
 
 import structlog
-from lxml import etree
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from docbatch.auth.principal import TenantScope
@@ -140,30 +139,7 @@ class RecordUpload:
             for writer in self._writers:
                 await writer.commit()
                 self._published.append(writer.key)
-            now = utcnow()
-            async with self._database.transaction() as session:
-                batch_id = await batch_store.reserve_record_slots(
-                    session, self._scope, self._batch.guid, len(self._writers), now
-                )
-                if batch_id is None:
-                    current = await batch_store.get_batch(session, self._scope, self._batch.guid)
-                    raise _closed_batch_error(current or self._batch)
-                new_records = [
-                    store.NewRecord(writer.key, writer.size, file_name, meta)
-                    for writer, file_name, meta in zip(
-                        self._writers, self._file_names, metadata, strict=True
-                    )
-                ]
-                status = (
-                    RecordStatus.READY_FOR_VALIDATION
-                    if ready_for_validation
-                    else RecordStatus.CREATING
-                )
-                ids = await store.insert_records(
-                    session, self._scope, batch_id, new_records, status, now
-                )
-                if ready_for_validation:
-                    await _enqueue_validation(session, batch_id, self._scope, self._settings)
+            ids = await self._insert(metadata, ready_for_validation)
         except BaseException:
             await self.abort()
             raise
@@ -175,6 +151,33 @@ class RecordUpload:
             first_record_id=ids[0] if ids else None,
             payload_bytes=sum(writer.size for writer in self._writers),
         )
+        return ids
+
+    async def _insert(
+        self, metadata: Sequence[str | None], ready_for_validation: bool
+    ) -> list[int]:
+        now = utcnow()
+        new_records = [
+            store.NewRecord(writer.key, writer.size, file_name, meta)
+            for writer, file_name, meta in zip(
+                self._writers, self._file_names, metadata, strict=True
+            )
+        ]
+        status = (
+            RecordStatus.READY_FOR_VALIDATION if ready_for_validation else RecordStatus.CREATING
+        )
+        async with self._database.transaction() as session:
+            batch_id = await batch_store.reserve_record_slots(
+                session, self._scope, self._batch.guid, len(new_records), now
+            )
+            if batch_id is None:
+                current = await batch_store.get_batch(session, self._scope, self._batch.guid)
+                raise _closed_batch_error(current or self._batch)
+            ids = await store.insert_records(
+                session, self._scope, batch_id, new_records, status, now
+            )
+            if ready_for_validation:
+                await _enqueue_validation(session, batch_id, self._scope, self._settings)
         return ids
 
     async def abort(self) -> None:

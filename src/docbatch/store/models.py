@@ -116,7 +116,8 @@ class ApiClient(Base):
 
 
 class BatchType(Base):
-    """A batch type. Rows are never updated, so a batch's reference is a copy of its configuration."""
+    """A batch type. Rows are never updated, so a batch's reference to one is a copy of its
+    configuration."""
 
     __tablename__ = "batch_types"
 

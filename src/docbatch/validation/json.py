@@ -15,7 +15,7 @@ from jsonschema.protocols import Validator
 from referencing.jsonschema import DRAFT202012
 
 # Schema files get URIs under this base so that relative `$ref`s resolve between them. The
-# registry has no retrieve function, so no URI, this one included, is ever read from disk or network.
+# registry has no retrieve function, so no URI (this one included) is read from disk or network.
 _ARCHIVE_URL_PREFIX = "file:///schema-archive/"
 # Validation stops listing errors past this count; the record has failed either way.
 MAX_REPORTED_ERRORS = 100
@@ -76,7 +76,7 @@ def compile_json_schema(
         schema, default=jsonschema.Draft202012Validator
     )
     try:
-        validator_class.check_schema(schema)
+        validator_class.check_schema(schema)  # type: ignore[arg-type]  # booleans are schemas too
     except SchemaError as error:
         path = "/" + "/".join(str(part) for part in error.absolute_path)
         raise JsonSchemaRejectedError(

@@ -130,7 +130,8 @@ def read_archive(content: bytes, suffix: str, max_bytes: int) -> dict[str, bytes
     members = [info for info in archive.infolist() if not info.is_dir()]
     if len(members) > _MAX_ARCHIVE_MEMBERS:
         raise ConfigurationError(
-            f"the schema archive has {len(members)} files; at most {_MAX_ARCHIVE_MEMBERS} are accepted"
+            f"the schema archive has {len(members)} files; "
+            f"at most {_MAX_ARCHIVE_MEMBERS} are accepted"
         )
     if sum(info.file_size for info in members) > max_bytes:
         raise ConfigurationError(f"the schema archive unpacks to more than {max_bytes} bytes")

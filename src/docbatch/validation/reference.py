@@ -40,11 +40,13 @@ def read_xml_reference(expression: str, tree: etree._ElementTree) -> str | None:
         if not result:
             return None
         first = result[0]
-        text = first.xpath("string(.)") if isinstance(first, etree._Element) else str(first)
+        text = str(first.xpath("string(.)")) if isinstance(first, etree._Element) else str(first)
     elif isinstance(result, bool):
         text = "true" if result else "false"
     elif isinstance(result, float):
         text = str(int(result)) if result.is_integer() else str(result)
+    elif isinstance(result, bytes):
+        text = result.decode("utf-8", "replace")
     else:
         text = str(result)
     return _clip(text.strip()) or None

@@ -57,7 +57,7 @@ def _hardened_parser(resolver: etree.Resolver | None = None) -> etree.XMLParser:
 class _DenyAllResolver(etree.Resolver):
     """Refuse every external resource, so nothing outside the document is ever read."""
 
-    def resolve(self, system_url: str, public_id: str, context: Any) -> Any:
+    def resolve(self, system_url: str, public_id: str, context: Any = None) -> Any:
         raise etree.XMLSchemaParseError(f"loading external resource {system_url!r} is not allowed")
 
 
@@ -68,7 +68,7 @@ class _ArchiveResolver(etree.Resolver):
         super().__init__()
         self._files = files
 
-    def resolve(self, system_url: str, public_id: str, context: Any) -> Any:
+    def resolve(self, system_url: str, public_id: str, context: Any = None) -> Any:
         if system_url.startswith(_ARCHIVE_URL_PREFIX):
             name = posixpath.normpath(system_url.removeprefix(_ARCHIVE_URL_PREFIX))
             if name in self._files:
@@ -87,7 +87,9 @@ def _issues_from_log(log: Any) -> list[XmlIssue]:
 
 
 def _reject_doctype(tree: etree._ElementTree) -> None:
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+    # lxml-stubs 0.5 omit DocInfo.doctype, which lxml has had since 2.x.
+    doctype: str = getattr(tree.docinfo, "doctype", "")
+    if doctype or tree.docinfo.internalDTD is not None:
         raise XmlRejectedError(
             [XmlIssue(1, 1, "documents with a DOCTYPE declaration are not accepted")]
         )

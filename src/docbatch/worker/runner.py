@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -87,10 +88,8 @@ class Worker:
             await self._run_job(job)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
 
     async def _claim(self) -> ClaimedJob | None:
         now = utcnow()
@@ -112,7 +111,7 @@ class Worker:
             if handler is None:
                 await self._record_failure(job, f"no handler for job kind {job.kind!r}", final=True)
                 return
-            work = asyncio.create_task(handler(job))
+            work: asyncio.Task[None] = asyncio.ensure_future(handler(job))
             heartbeat = asyncio.create_task(self._keep_lease(job, work))
             try:
                 await work
@@ -168,7 +167,7 @@ class Worker:
                 recorded = await jobs.mark_failed_attempt(session, job, error, utcnow(), retry_in)
         except _INFRASTRUCTURE_ERRORS as record_error:
             # The lease expires on its own and another worker retries the job.
-            logger.error(
+            logger.warning(
                 "job.failure_not_recorded", error=error[:300], record_error=str(record_error)[:300]
             )
             return
