@@ -9,9 +9,11 @@ or a takeover counts each record once.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from docbatch.core.settings import Settings
 from docbatch.core.timefmt import utcnow
@@ -24,6 +26,7 @@ from docbatch.store import records as record_store
 from docbatch.store.database import Database
 from docbatch.store.models import BatchStatus, RecordStatus
 from docbatch.store.records import LogLine
+from docbatch.validation.records import RecordCheck
 from docbatch.worker.validation import PendingRecord, ValidatorCache, check_records
 
 logger = structlog.get_logger(__name__)
@@ -38,6 +41,70 @@ class _Outcomes:
     failed: int = 0
     completed: int = 0
     logged: bool = False
+    # Records whose validation another job committed first; this one counted nothing for them.
+    moved_elsewhere: list[int] = field(default_factory=list)
+
+
+async def _record_outcomes(
+    session: AsyncSession,
+    pending: list[PendingRecord],
+    checks: list[RecordCheck],
+    complete_valid: bool,
+    now: datetime,
+) -> _Outcomes:
+    """Move each validated record to its outcome with a compare-and-set; count only moves."""
+    outcomes = _Outcomes()
+    for record, check in zip(pending, checks, strict=True):
+        if check.issues:
+            moved = await record_store.move_record(
+                session,
+                record.id,
+                _AWAITING_VALIDATION,
+                RecordStatus.VALIDATION_FAILED,
+                now,
+                reference=check.reference,
+                set_reference=True,
+                has_log_data=True,
+                completed=True,
+            )
+            if moved:
+                outcomes.failed += 1
+                outcomes.logged = True
+                lines = [LogLine("Error", VALIDATION_STAGE, issue) for issue in check.issues]
+                await record_store.add_log_entries(session, record.id, lines, now)
+        else:
+            moved = await record_store.move_record(
+                session,
+                record.id,
+                _AWAITING_VALIDATION,
+                RecordStatus.COMPLETED if complete_valid else RecordStatus.VALIDATED,
+                now,
+                reference=check.reference,
+                set_reference=True,
+                completed=complete_valid,
+            )
+            if moved:
+                outcomes.validated += 1
+                outcomes.completed += int(complete_valid)
+        if not moved:
+            outcomes.moved_elsewhere.append(record.id)
+    return outcomes
+
+
+async def _complete_validated(session: AsyncSession, record_ids: list[int], now: datetime) -> int:
+    """Move `Validated` records to `Completed`; return how many this call moved."""
+    completed = 0
+    for record_id in record_ids:
+        moved = await record_store.move_record(
+            session,
+            record_id,
+            (RecordStatus.VALIDATED,),
+            RecordStatus.COMPLETED,
+            now,
+            completed=True,
+        )
+        completed += int(moved)
+    return completed
 
 
 class JobHandlers:
@@ -201,62 +268,19 @@ class JobHandlers:
             validated_earlier = [
                 record.id for record in page if record.status == RecordStatus.VALIDATED
             ]
-            checks = []
+            checks: list[RecordCheck] = []
             if pending:
                 validator = await self._validators.get(batch_type)
                 checks = await check_records(validator, self._blobs, pending)
             now = utcnow()
-            outcomes = _Outcomes()
             async with self._database.transaction() as session:
                 await jobs.check_held(session, job)
-                for record, check in zip(pending, checks, strict=True):
-                    if check.issues:
-                        moved = await record_store.move_record(
-                            session,
-                            record.id,
-                            _AWAITING_VALIDATION,
-                            RecordStatus.VALIDATION_FAILED,
-                            now,
-                            reference=check.reference,
-                            set_reference=True,
-                            has_log_data=True,
-                            completed=True,
-                        )
-                        if moved:
-                            outcomes.failed += 1
-                            outcomes.logged = True
-                            lines = [
-                                LogLine("Error", VALIDATION_STAGE, issue) for issue in check.issues
-                            ]
-                            await record_store.add_log_entries(session, record.id, lines, now)
-                    else:
-                        target = (
-                            RecordStatus.COMPLETED if complete_valid else RecordStatus.VALIDATED
-                        )
-                        moved = await record_store.move_record(
-                            session,
-                            record.id,
-                            _AWAITING_VALIDATION,
-                            target,
-                            now,
-                            reference=check.reference,
-                            set_reference=True,
-                            completed=complete_valid,
-                        )
-                        if moved:
-                            outcomes.validated += 1
-                            outcomes.completed += int(complete_valid)
+                outcomes = await _record_outcomes(session, pending, checks, complete_valid, now)
                 if complete_valid:
-                    for record_id in validated_earlier:
-                        moved = await record_store.move_record(
-                            session,
-                            record_id,
-                            (RecordStatus.VALIDATED,),
-                            RecordStatus.COMPLETED,
-                            now,
-                            completed=True,
-                        )
-                        outcomes.completed += int(moved)
+                    # Records another job validated first (a validation of records marked ready
+                    # racing this chunk) are completed here too.
+                    to_complete = validated_earlier + outcomes.moved_elsewhere
+                    outcomes.completed += await _complete_validated(session, to_complete, now)
                 await batch_store.add_validation_outcomes(
                     session,
                     batch_id,

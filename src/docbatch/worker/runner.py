@@ -102,7 +102,11 @@ class Worker:
 
     async def _run_job(self, job: ClaimedJob) -> None:
         structlog.contextvars.bind_contextvars(
-            job_id=job.id, job_kind=job.kind, batch_id=job.batch_id, attempt=job.attempt
+            job_id=job.id,
+            job_kind=job.kind,
+            batch_id=job.batch_id,
+            tenant=str(job.tenant_guid) if job.tenant_guid else None,
+            attempt=job.attempt,
         )
         handler = self._handlers.for_kind(job.kind)
         logger.info("job.started", owner=self.owner)
@@ -136,7 +140,9 @@ class Worker:
             logger.exception("job.crashed")
             await self._record_failure(job, f"{type(error).__name__}: {error}")
         finally:
-            structlog.contextvars.unbind_contextvars("job_id", "job_kind", "batch_id", "attempt")
+            structlog.contextvars.unbind_contextvars(
+                "job_id", "job_kind", "batch_id", "tenant", "attempt"
+            )
 
     async def _keep_lease(self, job: ClaimedJob, work: asyncio.Task[None]) -> None:
         while True:
