@@ -15,6 +15,7 @@ from docbatch.api.middleware import RequestIdMiddleware
 from docbatch.api.state import AppState
 from docbatch.auth.keys import load_or_create_signing_key
 from docbatch.auth.tokens import JwksKeyResolver, LocalKeyResolver, TokenIssuer, TokenVerifier
+from docbatch.core.logging import configure_logging
 from docbatch.core.settings import Settings
 from docbatch.storage.blobs import open_blob_store
 from docbatch.store.database import Database
@@ -110,3 +111,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(batches.router)
     app.include_router(records.router)
     return app
+
+
+def create_api_app() -> FastAPI:
+    """Build an API-only application from the environment, for multi-process serving."""
+    settings = Settings()
+    configure_logging(settings)
+    return create_app(settings)

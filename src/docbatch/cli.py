@@ -9,6 +9,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
@@ -55,6 +56,16 @@ async def _with_database(settings: Settings, action: str) -> Database:
     return database
 
 
+def _check_signing_key(settings: Settings) -> None:
+    if settings.uses_external_identity_provider:
+        return
+    path = settings.effective_signing_key_file()
+    try:
+        load_or_create_signing_key(path, create=settings.is_embedded)
+    except (OSError, ValueError, TypeError) as error:
+        raise CommandError(f"the signing key file {path} cannot be used: {error}") from error
+
+
 def _serve(arguments: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
@@ -64,27 +75,35 @@ def _serve(arguments: argparse.Namespace, settings: Settings) -> None:
         settings.check_safe_for_serving()
     except UnsafeSettingsError as error:
         raise CommandError(str(error)) from error
-    if settings.is_sqlite or arguments.migrate:
-        asyncio.run(_upgrade(settings))
+    _check_signing_key(settings)
     run_worker = not arguments.no_worker
-    if not settings.is_sqlite and run_worker and arguments.workers > 1:
+    if arguments.workers < 1:
+        raise CommandError("--workers must be at least 1")
+    if arguments.workers > 1 and settings.is_sqlite:
+        raise CommandError("the embedded SQLite default serves from one process; use --workers 1")
+    if arguments.workers > 1 and run_worker:
         raise CommandError(
             "--workers above 1 needs --no-worker; run `docbatch worker` processes instead"
         )
-    if settings.is_sqlite and arguments.workers > 1:
-        raise CommandError("the embedded SQLite default serves from one process; use --workers 1")
-    app = create_app(settings, run_worker=run_worker)
-    uvicorn.run(
-        app,
-        host=arguments.host,
-        port=arguments.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        timeout_graceful_shutdown=15,
-    )
+    if settings.is_sqlite or arguments.migrate:
+        asyncio.run(_upgrade(settings))
+    options: dict[str, Any] = {
+        "host": arguments.host,
+        "port": arguments.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": True,
+        "timeout_graceful_shutdown": 15,
+    }
+    if arguments.workers > 1:
+        # Each API process builds its own application from the same DOCBATCH_* environment.
+        uvicorn.run(
+            "docbatch.app:create_api_app", factory=True, workers=arguments.workers, **options
+        )
+    else:
+        uvicorn.run(create_app(settings, run_worker=run_worker), **options)
 
 
 async def _upgrade(settings: Settings) -> None:
@@ -147,6 +166,7 @@ def _issue_token(
         raise CommandError(
             "tokens come from the external identity provider (DOCBATCH_OIDC_JWKS_URL is set)"
         )
+    _check_signing_key(settings)
     key = load_or_create_signing_key(
         settings.effective_signing_key_file(), create=settings.is_embedded
     )

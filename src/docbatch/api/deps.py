@@ -31,7 +31,8 @@ async def _principal(
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise AuthenticationError(
             "A bearer token is required: send 'Authorization: Bearer <token>' with a token from "
-            "/core/connect/token."
+            "/core/connect/token.",
+            token_sent=credentials is not None,
         )
     principal = await state.verifier.verify(credentials.credentials)
     structlog.contextvars.bind_contextvars(subject=principal.subject)

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from docbatch.core.errors import DocBatchError, InfrastructureError, ServiceUnavailableError
 
@@ -70,6 +71,12 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
     return envelope_response(error.status_code, message, dict(error.headers or {}))
 
 
+async def _client_disconnected(request: Request, error: Exception) -> JSONResponse:
+    # The client is gone, so nobody reads this answer; an upload in progress was already removed.
+    logger.info("request.client_disconnected")
+    return envelope_response(400, "The client disconnected before the request body was complete.")
+
+
 async def _unavailable(request: Request, error: Exception) -> JSONResponse:
     logger.warning(
         "request.backend_unavailable",
@@ -97,6 +104,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DocBatchError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     for unavailable in (
         OperationalError,
         PoolTimeoutError,

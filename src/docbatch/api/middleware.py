@@ -13,8 +13,9 @@ from docbatch.api.errors import envelope_response, internal_error_message
 
 logger = structlog.get_logger("docbatch.request")
 
-# A client's request id is echoed only when it is short and printable, so it cannot forge log lines.
-_ACCEPTABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# A client's request id is echoed when it is 1 to 200 visible ASCII characters; anything else
+# (spaces, control characters, other encodings) is replaced so it cannot forge log lines.
+_ACCEPTABLE_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 class RequestIdMiddleware:

@@ -36,7 +36,8 @@ class PartEnd:
 FormEvent = PartStart | PartData | PartEnd
 
 
-def _boundary(request: Request) -> bytes:
+def multipart_boundary(request: Request) -> bytes:
+    """Return the body's boundary; raise 415 for another content type, 400 without one."""
     content_type, options = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data":
         raise UnsupportedMediaTypeError(
@@ -106,7 +107,7 @@ async def read_form_events(request: Request) -> AsyncIterator[FormEvent]:
     """
     collector = _Collector()
     parser = MultipartParser(
-        _boundary(request),
+        multipart_boundary(request),
         {
             "on_part_begin": collector.on_part_begin,
             "on_header_field": collector.on_header_field,

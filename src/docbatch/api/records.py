@@ -12,7 +12,13 @@ from fastapi import APIRouter, Query, Request
 from docbatch.api.batches import BatchGuidQuery
 from docbatch.api.deps import CreatorScope, State, ViewerScope, parse_guid
 from docbatch.api.docs import error_responses, success_example
-from docbatch.api.multipart import PartData, PartEnd, PartStart, read_form_events
+from docbatch.api.multipart import (
+    PartData,
+    PartEnd,
+    PartStart,
+    multipart_boundary,
+    read_form_events,
+)
 from docbatch.api.schemas import BatchRecordOut, Envelope, RecordLogEntryOut, ok
 from docbatch.api.state import AppState
 from docbatch.auth.principal import TenantScope
@@ -188,6 +194,7 @@ async def _receive_records(
     single: bool,
 ) -> list[int]:
     settings = state.settings
+    multipart_boundary(request)
     if single:
         declared = request.headers.get("content-length")
         limit = settings.max_record_bytes + settings.max_metadata_bytes + _MULTIPART_OVERHEAD_BYTES

@@ -26,9 +26,11 @@ class AuthenticationError(DocBatchError):
     status_code = 401
     default_message = "A valid bearer token is required; request one from /core/connect/token."
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, token_sent: bool = True) -> None:
         super().__init__(message)
-        self.headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        # RFC 6750 section 3.1: a request without a token gets the challenge without an error code.
+        challenge = 'Bearer error="invalid_token"' if token_sent else "Bearer"
+        self.headers = {"WWW-Authenticate": challenge}
 
 
 class ForbiddenError(DocBatchError):
