@@ -82,7 +82,9 @@ class TokenFactory:
         self.key = key
         self.settings = settings
 
-    def claims(self, tenants: list[uuid.UUID], roles: list[str], **overrides: Any) -> dict[str, Any]:
+    def claims(
+        self, tenants: list[uuid.UUID], roles: list[str], **overrides: Any
+    ) -> dict[str, Any]:
         now = utcnow()
         claims: dict[str, Any] = {
             "iss": self.settings.token_issuer,
@@ -96,8 +98,14 @@ class TokenFactory:
         claims.update(overrides)
         return {name: value for name, value in claims.items() if value is not None}
 
-    def mint(self, tenants: list[uuid.UUID], roles: list[str] | None = None, **overrides: Any) -> str:
-        return jwt.encode(self.claims(tenants, ALL_ROLES if roles is None else roles, **overrides), self.key, algorithm="ES256")
+    def mint(
+        self, tenants: list[uuid.UUID], roles: list[str] | None = None, **overrides: Any
+    ) -> str:
+        return jwt.encode(
+            self.claims(tenants, ALL_ROLES if roles is None else roles, **overrides),
+            self.key,
+            algorithm="ES256",
+        )
 
     def for_tenant(self, tenant: uuid.UUID, roles: list[str] | None = None) -> str:
         return self.mint([tenant], roles)
@@ -118,13 +126,21 @@ class Api:
     def with_token(self, token: str) -> Api:
         return Api(self.client, self.tenant, token)
 
-    async def call(self, method: str, action: str, params: dict[str, Any] | None = None, **kwargs: Any) -> Response:
+    async def call(
+        self, method: str, action: str, params: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Response:
         query = {"tenantGuid": str(self.tenant), **(params or {})}
         headers = {**self.headers, **kwargs.pop("headers", {})}
-        return await self.client.request(method, f"/api/DocBatch/{action}", params=query, headers=headers, **kwargs)
+        return await self.client.request(
+            method, f"/api/DocBatch/{action}", params=query, headers=headers, **kwargs
+        )
 
     async def insert_batch_type(self, name: str = "orders", **overrides: Any) -> str:
-        response = await self.call("POST", "InsertBatchType", json={"name": name, "configuration": configuration(**overrides)})
+        response = await self.call(
+            "POST",
+            "InsertBatchType",
+            json={"name": name, "configuration": configuration(**overrides)},
+        )
         assert response.status_code == 200, response.text
         return str(response.json()["result"]["batchTypeGuid"])
 
@@ -136,20 +152,38 @@ class Api:
         assert response.status_code == 200, response.text
         return str(response.json()["result"])
 
-    async def upload(self, batch_guid: str, payloads: list[bytes], *, ready: bool = False, metadata: dict[str, str] | None = None) -> Response:
-        files = [("RecordData", (f"record-{index}.xml", payload, "application/xml")) for index, payload in enumerate(payloads)]
+    async def upload(
+        self,
+        batch_guid: str,
+        payloads: list[bytes],
+        *,
+        ready: bool = False,
+        metadata: dict[str, str] | None = None,
+    ) -> Response:
+        files = [
+            ("RecordData", (f"record-{index}.xml", payload, "application/xml"))
+            for index, payload in enumerate(payloads)
+        ]
         data = {"MetaData": json.dumps(metadata)} if metadata is not None else None
         return await self.call(
-            "POST", "CreateBatchRecords", {"batchGuid": batch_guid, "immediatelyReadyForValidation": str(ready).lower()}, files=files, data=data
+            "POST",
+            "CreateBatchRecords",
+            {"batchGuid": batch_guid, "immediatelyReadyForValidation": str(ready).lower()},
+            files=files,
+            data=data,
         )
 
-    async def upload_ok(self, batch_guid: str, payloads: list[bytes], *, ready: bool = False) -> list[int]:
+    async def upload_ok(
+        self, batch_guid: str, payloads: list[bytes], *, ready: bool = False
+    ) -> list[int]:
         response = await self.upload(batch_guid, payloads, ready=ready)
         assert response.status_code == 200, response.text
         return list(response.json()["result"])
 
     async def complete(self, batch_guid: str, **params: Any) -> Response:
-        return await self.call("PUT", "MarkBatchUploadComplete", {"batchGuid": batch_guid, **params})
+        return await self.call(
+            "PUT", "MarkBatchUploadComplete", {"batchGuid": batch_guid, **params}
+        )
 
     async def get_batch(self, batch_guid: str) -> dict[str, Any]:
         response = await self.call("GET", "GetBatch", {"batchGuid": batch_guid})
@@ -158,7 +192,9 @@ class Api:
         return result
 
     async def get_record(self, batch_guid: str, record_id: int) -> dict[str, Any]:
-        response = await self.call("GET", "GetBatchRecord", {"batchGuid": batch_guid, "batchRecordId": record_id})
+        response = await self.call(
+            "GET", "GetBatchRecord", {"batchGuid": batch_guid, "batchRecordId": record_id}
+        )
         assert response.status_code == 200, response.text
         result: dict[str, Any] = response.json()["result"]
         return result
@@ -178,20 +214,28 @@ def assert_envelope_error(response: Response, status: int, *fragments: str) -> s
     return str(body["error"])
 
 
-async def run_worker_until(api: Api, settings: Settings, batch_guid: str, statuses: set[str] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+async def run_worker_until(
+    api: Api,
+    settings: Settings,
+    batch_guid: str,
+    statuses: set[str] | None = None,
+    limit_seconds: float = 30.0,
+) -> dict[str, Any]:
     """Run an in-process worker until the batch reaches one of `statuses`; return the batch."""
     wanted = statuses or FINAL_STATUSES
     database = Database(settings)
     worker = Worker(settings, database, open_blob_store(settings.storage_url))
     await worker.start()
     try:
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + limit_seconds
         while True:
             batch = await api.get_batch(batch_guid)
             if batch["statusId"] in wanted:
                 return batch
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"batch {batch_guid} stayed {batch['statusId']} for {timeout} s: {batch}")
+                raise AssertionError(
+                    f"batch {batch_guid} stayed {batch['statusId']} for {limit_seconds} s: {batch}"
+                )
             await asyncio.sleep(0.05)
     finally:
         await worker.stop()

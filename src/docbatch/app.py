@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from docbatch import __version__
 from docbatch.api import batch_types, batches, records, token
@@ -104,6 +106,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.openapi = lambda: _openapi_schema(app)  # type: ignore[method-assign]
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(token.router)
@@ -111,6 +114,37 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.include_router(batches.router)
     app.include_router(records.router)
     return app
+
+
+def _openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """Build the OpenAPI document as the service behaves.
+
+    FastAPI documents a 422 `{"detail": ...}` answer that this service never sends (validation
+    errors are 400 envelopes), and drops null values from examples, which would hide the
+    envelope's `error` and `result` keys.
+    """
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+    )
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            for response in responses.values():
+                example = response.get("content", {}).get("application/json", {}).get("example")
+                if isinstance(example, dict) and "isSuccess" in example:
+                    example.setdefault("error", None)
+                    example.setdefault("result", None)
+    components = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    app.openapi_schema = schema
+    return schema
 
 
 def create_api_app() -> FastAPI:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
-from docbatch.api.deps import AdminScope, State, ViewerScope, parse_guid
+from docbatch.api.deps import AdminScope, State, ViewerScope, parse_guid, require_json_body
 from docbatch.api.docs import error_responses
 from docbatch.api.schemas import BatchTypeIn, BatchTypeOut, Envelope, ok
-from docbatch.core.errors import NotFoundError
+from docbatch.core.errors import NotFoundError, UnsupportedMediaTypeError
 from docbatch.services import batch_types as service
 
 router = APIRouter(prefix="/api/DocBatch", tags=["Batch types"])
@@ -20,7 +20,8 @@ router = APIRouter(prefix="/api/DocBatch", tags=["Batch types"])
     summary="Insert a batch type [BatchAdmin]",
     description="Compiles the schema (a single XSD or JSON Schema, or a ZIP schema set with one "
     "root), checks the durations and the reference path, and stores the batch type.",
-    responses=error_responses(),
+    responses=error_responses(NotFoundError, UnsupportedMediaTypeError),
+    dependencies=[Depends(require_json_body)],
 )
 async def insert_batch_type(
     scope: AdminScope, state: State, body: BatchTypeIn

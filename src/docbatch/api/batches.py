@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from docbatch.api.deps import CreatorScope, State, ViewerScope, parse_guid
+from docbatch.api.deps import MAX_INT64, CreatorScope, State, ViewerScope, parse_guid, reject_nul
 from docbatch.api.docs import error_responses, success_example
 from docbatch.api.schemas import BatchOut, Envelope, ok
 from docbatch.core.errors import ConflictError, InvalidRequestError, NotFoundError
@@ -22,6 +22,7 @@ async def _create_batch(
     scope: CreatorScope, state: State, batch_type_guid: str, batch_reference: str | None
 ) -> Envelope[str]:
     guid = parse_guid(batch_type_guid, "batchTypeGuid")
+    reject_nul(batch_reference, "batchReference")
     if batch_reference is not None and len(batch_reference) > MAX_BATCH_REFERENCE_LENGTH:
         raise InvalidRequestError(
             f"batchReference is {len(batch_reference)} characters long; at most "
@@ -93,7 +94,9 @@ async def mark_batch_upload_complete(
     scope: CreatorScope,
     state: State,
     batch_guid: BatchGuidQuery,
-    expected_record_count: Annotated[int | None, Query(alias="expectedRecordCount", ge=0)] = None,
+    expected_record_count: Annotated[
+        int | None, Query(alias="expectedRecordCount", ge=0, le=MAX_INT64)
+    ] = None,
 ) -> Envelope[BatchOut]:
     guid = parse_guid(batch_guid, "batchGuid")
     async with state.database.transaction() as session:

@@ -16,7 +16,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from docbatch.api.state import AppState, app_state
 from docbatch.auth.principal import Principal, Role, TenantScope, grant_tenant
-from docbatch.core.errors import AuthenticationError, ForbiddenError, InvalidRequestError
+from docbatch.core.errors import (
+    AuthenticationError,
+    ForbiddenError,
+    InvalidRequestError,
+    UnsupportedMediaTypeError,
+)
 
 _bearer = HTTPBearer(auto_error=False, description="An access token from /core/connect/token.")
 
@@ -91,6 +96,26 @@ async def _viewer_scope(principal: ViewerPrincipal, tenant_guid: TenantGuidQuery
 async def _admin_scope(principal: AdminPrincipal, tenant_guid: TenantGuidQuery) -> TenantScope:
     return tenant_scope(principal, tenant_guid)
 
+
+def require_json_body(request: Request) -> None:
+    """Reject a request body in another content type than JSON with 415."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not content_type and request.headers.get("content-length", "0") == "0":
+        return  # no body at all: the missing body is reported as a 400
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaTypeError(
+            f"The body must be application/json; got '{content_type or 'no content type'}'."
+        )
+
+
+def reject_nul(value: str | None, name: str) -> None:
+    """Raise 400 for text with a NUL character, which PostgreSQL text columns cannot store."""
+    if value is not None and "\x00" in value:
+        raise InvalidRequestError(f"{name} contains a NUL character; remove it.")
+
+
+# The largest value a 64-bit signed integer column holds.
+MAX_INT64 = 2**63 - 1
 
 CreatorScope = Annotated[TenantScope, Depends(_creator_scope)]
 ViewerScope = Annotated[TenantScope, Depends(_viewer_scope)]

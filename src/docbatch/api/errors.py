@@ -34,16 +34,28 @@ def envelope_response(
 
 
 def describe_validation_error(error: dict[str, Any]) -> str:
-    location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query")]
-    where = ".".join(location) or "the request"
-    message = str(error.get("msg", "is invalid"))
-    if error.get("type") == "missing":
+    """Turn one of FastAPI's validation errors into a sentence naming the field and the fix."""
+    raw_location = [str(part) for part in error.get("loc", ())]
+    location = [part for part in raw_location if part not in ("body", "query")]
+    message = str(error.get("msg", "is invalid")).removeprefix("Value error, ").rstrip(".")
+    kind = error.get("type")
+    if kind == "json_invalid":
+        detail = error.get("ctx", {}).get("error", message)
+        return f"The request body is not valid JSON: {detail}."
+    if not location:
+        if raw_location[:1] == ["body"]:
+            if kind == "missing":
+                return (
+                    "The JSON request body is missing; send it with Content-Type: application/json."
+                )
+            return f"The JSON request body is invalid: {message}."
+        return f"The request is invalid: {message}."
+    where = ".".join(location)
+    if kind == "missing":
         return f"{where} is required; add it to the request."
-    if error.get("type") == "extra_forbidden":
+    if kind == "extra_forbidden":
         return f"{where} is not a known field; remove it from the request."
-    if error.get("type") == "json_invalid":
-        return f"The request body is not valid JSON: {error.get('ctx', {}).get('error', message)}."
-    return f"{where} is invalid: {message.rstrip('.')}. Correct it and retry."
+    return f"{where} is invalid: {message}. Correct it and retry."
 
 
 async def _domain_error(request: Request, error: Exception) -> JSONResponse:

@@ -8,9 +8,17 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from pydantic import Field
 
 from docbatch.api.batches import BatchGuidQuery
-from docbatch.api.deps import CreatorScope, State, ViewerScope, parse_guid
+from docbatch.api.deps import (
+    MAX_INT64,
+    CreatorScope,
+    State,
+    ViewerScope,
+    parse_guid,
+    reject_nul,
+)
 from docbatch.api.docs import error_responses, success_example
 from docbatch.api.multipart import (
     PartData,
@@ -49,7 +57,7 @@ ReadyQuery = Annotated[
         "while the batch is still open.",
     ),
 ]
-RecordIdQuery = Annotated[int, Query(alias="batchRecordId", ge=1)]
+RecordIdQuery = Annotated[int, Query(alias="batchRecordId", ge=1, le=MAX_INT64)]
 
 _UPLOAD_ERRORS = error_responses(
     NotFoundError, ConflictError, PayloadTooLargeError, UnsupportedMediaTypeError
@@ -91,6 +99,7 @@ class _FormReader:
             )
 
     def _start(self, part: PartStart) -> None:
+        reject_nul(part.file_name, f"The file name of a {RECORD_PART} part")
         if part.name == RECORD_PART:
             if self._single and self.file_names:
                 raise InvalidRequestError(
@@ -146,9 +155,11 @@ def _decode_metadata(raw: bytearray | None) -> str | None:
     if raw is None or not raw:
         return None
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise InvalidRequestError(f"{METADATA_PART} is not UTF-8 text: {error}.") from error
+    reject_nul(text, METADATA_PART)
+    return text
 
 
 def _metadata_per_record(
@@ -180,6 +191,7 @@ def _metadata_per_record(
                 f"The metadata of '{name[:200]}' is over the limit of {max_bytes} bytes; "
                 "nothing was stored."
             )
+        reject_nul(value, f"The metadata of '{name[:200]}'")
         service.validate_metadata(value, f"The metadata of '{name[:200]}'")
     return [by_name.get(name) if name is not None else None for name in file_names]
 
@@ -281,7 +293,10 @@ async def mark_batch_record_ready_for_validation(
     scope: CreatorScope,
     state: State,
     batch_guid: BatchGuidQuery,
-    record_ids: Annotated[list[int], Query(alias="batchRecordId", min_length=1, max_length=10_000)],
+    record_ids: Annotated[
+        list[Annotated[int, Field(ge=1, le=MAX_INT64)]],
+        Query(alias="batchRecordId", min_length=1, max_length=10_000),
+    ],
 ) -> Envelope[list[int]]:
     guid = parse_guid(batch_guid, "batchGuid")
     async with state.database.transaction() as session:

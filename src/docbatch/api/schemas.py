@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,10 +34,6 @@ class WireModel(BaseModel):
 
 class Envelope(BaseModel, Generic[T]):
     """Every JSON response: `isSuccess`, `error` (one sentence or null), `result`."""
-
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"isSuccess": True, "error": None, "result": None}]}
-    )
 
     isSuccess: bool  # camelCase is fixed by the DocFusion-compatible contract
     error: str | None
@@ -93,8 +90,14 @@ class BatchTypeConfiguration(WireModel):
         return self
 
 
+def _reject_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("contains a NUL character; remove it")
+    return value
+
+
 class BatchTypeIn(WireModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_reject_nul)]
     configuration: BatchTypeConfiguration
 
 

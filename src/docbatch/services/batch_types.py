@@ -13,6 +13,7 @@ from docbatch.auth.principal import TenantScope
 from docbatch.core.errors import InvalidRequestError, NotFoundError
 from docbatch.core.settings import Settings
 from docbatch.store import batch_types as store
+from docbatch.store import tenants as tenant_store
 from docbatch.store.models import BatchType
 from docbatch.validation.records import ConfigurationError, build_record_validator
 
@@ -51,7 +52,16 @@ async def insert_batch_type(
     configuration: dict[str, Any],
     settings: Settings,
 ) -> BatchType:
-    """Store a new batch type after `check_configuration` accepts it."""
+    """Store a new batch type after `check_configuration` accepts it.
+
+    Raises `NotFoundError` when the tenant, though listed in the caller's token, was never
+    registered with `docbatch tenant add`.
+    """
+    if await tenant_store.get_tenant(session, scope.guid) is None:
+        raise NotFoundError(
+            f"Tenant {scope.guid} is not registered in this service; an operator registers it "
+            "with `docbatch tenant add`."
+        )
     await check_configuration(configuration, settings)
     batch_type = await store.insert_batch_type(session, scope, name, configuration)
     logger.info("batch_type.inserted", batch_type_guid=str(batch_type.guid), name=name)

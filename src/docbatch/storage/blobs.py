@@ -37,7 +37,8 @@ class BlobStore(Protocol):
     def new_writer(self, key: str) -> BlobWriter: ...
 
     def open_for_reading(self, key: str) -> IO[bytes]:
-        """Open a blob for blocking reads; call it from a worker thread."""
+        """Open a blob for blocking reads; call it from a worker thread. Raises
+        `FileNotFoundError` for a missing blob and `OSError` when the store fails."""
         ...
 
     async def delete(self, key: str) -> None: ...
@@ -96,7 +97,9 @@ class FileBlobWriter:
     def _abort_blocking(self) -> None:
         if self._file is not None and not self._file.closed:
             self._file.close()
-        self._temporary_path.unlink(missing_ok=True)
+        if self._file is not None:
+            # No file was opened when nothing was written, so there is nothing to remove.
+            self._temporary_path.unlink(missing_ok=True)
 
     async def abort(self) -> None:
         self._buffer.clear()
@@ -120,12 +123,7 @@ class FileBlobStore:
         return FileBlobWriter(self.root, key)
 
     def open_for_reading(self, key: str) -> IO[bytes]:
-        try:
-            return self._path(key).open("rb")
-        except FileNotFoundError:
-            raise
-        except OSError as error:
-            raise InfrastructureError(f"reading blob {key} failed: {error}") from error
+        return self._path(key).open("rb")
 
     async def delete(self, key: str) -> None:
         await anyio.to_thread.run_sync(lambda: self._path(key).unlink(missing_ok=True))

@@ -28,9 +28,15 @@ class JsonSchemaRejectedError(Exception):
 def parse_json(content: bytes, description: str) -> Any:
     """Parse JSON text; raise `JsonSchemaRejectedError` naming `description` when it is invalid."""
     try:
-        return json.loads(content)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        return json.loads(content, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:
+        # ValueError covers malformed text, bad UTF-8, NaN and Infinity (not JSON under RFC 8259)
+        # and integers past Python's digit limit; RecursionError covers deep nesting.
         raise JsonSchemaRejectedError(f"{description} is not valid JSON: {error}") from error
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _references(node: Any) -> Iterator[str]:
@@ -77,6 +83,8 @@ def compile_json_schema(
     )
     try:
         validator_class.check_schema(schema)  # type: ignore[arg-type]  # booleans are schemas too
+    except RecursionError as error:
+        raise JsonSchemaRejectedError("the JSON Schema nests too deeply to be checked") from error
     except SchemaError as error:
         path = "/" + "/".join(str(part) for part in error.absolute_path)
         raise JsonSchemaRejectedError(

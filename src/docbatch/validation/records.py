@@ -10,9 +10,11 @@ import base64
 import binascii
 import io
 import posixpath
+import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Protocol
+from typing import Protocol
 
 from jsonschema.protocols import Validator as JsonValidator
 from lxml import etree
@@ -56,29 +58,49 @@ class RecordCheck:
 
 
 class RecordValidator(Protocol):
-    def check(self, source: IO[bytes]) -> RecordCheck:
-        """Validate one payload; blocking, so call it from a worker thread."""
+    def check(self, payload: bytes) -> RecordCheck:
+        """Validate one payload; CPU-bound, so call it from a worker thread."""
         ...
 
 
 class XmlRecordValidator:
+    """Validates XML records; safe to share between threads.
+
+    An lxml `XMLSchema` keeps its error log on the object, so two threads validating with one
+    schema can read each other's (or a cleared) log. Each thread therefore compiles its own copy
+    on first use.
+    """
+
     def __init__(
-        self, schema: etree.XMLSchema | None, reference_path: str | None, max_depth: int
+        self,
+        compile_schema: Callable[[], etree.XMLSchema] | None,
+        reference_path: str | None,
+        max_depth: int,
     ) -> None:
-        self._schema = schema
+        self._compile_schema = compile_schema
         self._reference_path = reference_path
         self._max_depth = max_depth
+        self._per_thread = threading.local()
+        if compile_schema is not None:
+            # Compile once now, so that a schema that does not compile fails here.
+            self._per_thread.schema = compile_schema()
 
-    def check(self, source: IO[bytes]) -> RecordCheck:
+    def _schema(self) -> etree.XMLSchema | None:
+        if self._compile_schema is None:
+            return None
+        schema: etree.XMLSchema | None = getattr(self._per_thread, "schema", None)
+        if schema is None:
+            schema = self._compile_schema()
+            self._per_thread.schema = schema
+        return schema
+
+    def check(self, payload: bytes) -> RecordCheck:
         try:
-            tree = parse_document(source, max_depth=self._max_depth)
+            tree = parse_document(payload, max_depth=self._max_depth)
         except XmlRejectedError as error:
             return RecordCheck([issue.describe() for issue in error.issues])
-        issues = (
-            [issue.describe() for issue in validate_against(self._schema, tree)]
-            if self._schema
-            else []
-        )
+        schema = self._schema()
+        issues = [issue.describe() for issue in validate_against(schema, tree)] if schema else []
         reference = None
         if self._reference_path:
             try:
@@ -93,9 +115,9 @@ class JsonRecordValidator:
         self._validator = validator
         self._pointer = pointer
 
-    def check(self, source: IO[bytes]) -> RecordCheck:
+    def check(self, payload: bytes) -> RecordCheck:
         try:
-            document = parse_json(source.read(), "the record")
+            document = parse_json(payload, "the record")
         except JsonSchemaRejectedError as error:
             return RecordCheck([str(error)])
         issues = validate_json(self._validator, document) if self._validator else []
@@ -174,24 +196,27 @@ def _build_xml(
             compile_xpath(reference_path)
         except ReferencePathError as error:
             raise ConfigurationError(f"referenceDataPath {error}") from error
-    schema = None
-    if content is not None:
-        try:
-            if content.startswith(_ZIP_MAGIC):
-                files = read_archive(content, ".xsd", max_bytes)
-                roots, parse_errors = find_schema_roots(files)
-                if parse_errors:
-                    name, message = next(iter(parse_errors.items()))
-                    raise ConfigurationError(
-                        f"the schema file {name} is not well-formed XML: {message}"
-                    )
-                root = _single_root(roots)
-                schema = compile_xsd(files[root], archive=files, name=root)
-            else:
-                schema = compile_xsd(content)
-        except XmlRejectedError as error:
-            raise ConfigurationError(f"the XML Schema does not compile: {error}") from error
-    return XmlRecordValidator(schema, reference_path, max_depth)
+    if content is None:
+        return XmlRecordValidator(None, reference_path, max_depth)
+    if content.startswith(_ZIP_MAGIC):
+        files = read_archive(content, ".xsd", max_bytes)
+        roots, parse_errors = find_schema_roots(files)
+        if parse_errors:
+            name, message = next(iter(parse_errors.items()))
+            raise ConfigurationError(f"the schema file {name} is not usable: {message}")
+        root = _single_root(roots)
+
+        def compile_schema() -> etree.XMLSchema:
+            return compile_xsd(files[root], archive=files, name=root)
+    else:
+
+        def compile_schema() -> etree.XMLSchema:
+            return compile_xsd(content)
+
+    try:
+        return XmlRecordValidator(compile_schema, reference_path, max_depth)
+    except XmlRejectedError as error:
+        raise ConfigurationError(f"the XML Schema does not compile: {error}") from error
 
 
 def _build_json(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from lxml import etree
@@ -14,13 +15,27 @@ class ReferencePathError(ValueError):
     pass
 
 
+# A namespace prefix in an XPath name test: `rsm:` in `/rsm:Invoice`, but not the `::` of an axis.
+_PREFIX = re.compile(r"(?<![\w.:-])([A-Za-z_][\w.-]*):(?!:)")
+_PROBE_DOCUMENT = etree.fromstring(b"<probe/>")
+
+
 def compile_xpath(expression: str) -> etree.XPath:
+    """Compile an XPath 1.0 expression and evaluate it once on an empty document.
+
+    lxml accepts some malformed expressions (`count(`, an unknown function) at compile time and
+    fails only on evaluation, so the probe evaluation catches those too. Prefixes are bound to
+    placeholder namespaces there because records supply the real ones.
+    """
     try:
-        return etree.XPath(expression)
-    except etree.XPathSyntaxError as error:
+        compiled = etree.XPath(expression)
+        namespaces = {prefix: f"urn:probe:{prefix}" for prefix in _PREFIX.findall(expression)}
+        etree.XPath(expression, namespaces=namespaces)(_PROBE_DOCUMENT)
+    except etree.XPathError as error:
         raise ReferencePathError(
             f"'{expression}' is not a valid XPath 1.0 expression: {error}"
         ) from error
+    return compiled
 
 
 def read_xml_reference(expression: str, tree: etree._ElementTree) -> str | None:
@@ -87,4 +102,5 @@ def read_json_reference(tokens: list[str], document: Any) -> str | None:
 
 
 def _clip(text: str) -> str:
-    return text[:MAX_REFERENCE_LENGTH]
+    # PostgreSQL text cannot hold NUL, which a JSON string may carry as \u0000.
+    return text.replace("\x00", "")[:MAX_REFERENCE_LENGTH]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 from lxml import etree
 
@@ -95,14 +95,11 @@ def _reject_doctype(tree: etree._ElementTree) -> None:
         )
 
 
-def parse_document(source: IO[bytes] | bytes, *, max_depth: int) -> etree._ElementTree:
+def parse_document(payload: bytes, *, max_depth: int) -> etree._ElementTree:
     """Parse untrusted XML; raise `XmlRejectedError` with line and column on any defect."""
     parser = _hardened_parser()
     try:
-        if isinstance(source, bytes):
-            tree = etree.fromstring(source, parser).getroottree()
-        else:
-            tree = etree.parse(source, parser)
+        tree = etree.fromstring(payload, parser).getroottree()
     except etree.XMLSyntaxError as error:
         issues = _issues_from_log(parser.error_log) or [
             XmlIssue(error.lineno, error.offset, str(error.msg))
@@ -138,7 +135,11 @@ def find_schema_roots(files: dict[str, bytes]) -> tuple[list[str], dict[str, str
     for name, content in files.items():
         try:
             root = etree.fromstring(content, _hardened_parser())
+            _reject_doctype(root.getroottree())
         except etree.XMLSyntaxError as error:
+            errors[name] = f"it is not well-formed XML: {error}"
+            continue
+        except XmlRejectedError as error:
             errors[name] = str(error)
             continue
         for element in root.iter(*_SCHEMA_REFERENCE_TAGS):
@@ -158,6 +159,7 @@ def compile_xsd(
     parser = _hardened_parser(resolver)
     try:
         document = etree.fromstring(content, parser, base_url=_ARCHIVE_URL_PREFIX + name)
+        _reject_doctype(document.getroottree())
         return etree.XMLSchema(etree.ElementTree(document))
     except etree.XMLSyntaxError as error:
         issues = _issues_from_log(parser.error_log) or [XmlIssue(None, None, str(error))]

@@ -60,13 +60,15 @@ def _check_one(validator: RecordValidator, blobs: BlobStore, record: PendingReco
         return RecordCheck(["the record's payload is no longer stored"])
     try:
         with blobs.open_for_reading(record.blob_key) as source:
-            return validator.check(source)
+            payload = source.read()
     except FileNotFoundError:
         return RecordCheck(["the record's payload is missing from the blob store"])
     except OSError as error:
         raise InfrastructureError(
-            f"reading the payload of record {record.id} failed: {error}"
+            f"reading the payload of record {record.id} (blob {record.blob_key}) failed: {error}"
         ) from error
+    try:
+        return validator.check(payload)
     except RecursionError:
         return RecordCheck(["the record nests too deeply to be validated"])
     except MemoryError:
