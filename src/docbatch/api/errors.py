@@ -84,7 +84,8 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
 
 
 async def _client_disconnected(request: Request, error: Exception) -> JSONResponse:
-    # The client is gone, so nobody reads this answer; an upload in progress was already removed.
+    # The client has disconnected, so this response is never delivered. An upload in progress
+    # has already deleted its payloads.
     logger.info("request.client_disconnected")
     return envelope_response(400, "The client disconnected before the request body was complete.")
 

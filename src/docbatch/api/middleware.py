@@ -13,8 +13,8 @@ from docbatch.api.errors import envelope_response, internal_error_message
 
 logger = structlog.get_logger("docbatch.request")
 
-# A client's request id is echoed when it is 1 to 200 visible ASCII characters; anything else
-# (spaces, control characters, other encodings) is replaced so it cannot forge log lines.
+# A client's request id is echoed when it is 1 to 200 visible ASCII characters. Any other value is
+# replaced, because spaces, control characters and other encodings could forge log lines.
 _ACCEPTABLE_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 

@@ -1,6 +1,6 @@
 """A streaming `multipart/form-data` reader.
 
-Starlette's form parser spools every file part before the endpoint sees it; record payloads of
+Starlette's form parser spools every file part before the endpoint receives it; record payloads of
 up to 100 MiB must instead flow chunk by chunk into the blob store with the size limit enforced
 as they arrive, so this module drives python-multipart's push parser over the request stream.
 """

@@ -25,7 +25,8 @@ logger = structlog.get_logger(__name__)
 
 
 def effective_record_status(record: BatchRecord, batch: Batch) -> str:
-    """A record still stored as `Creating` in a closed batch is ready for validation."""
+    """Return the status a client sees: a record stored as `Creating` in a closed batch is
+    ready for validation."""
     if record.status == RecordStatus.CREATING and batch.has_creation_completed:
         return RecordStatus.READY_FOR_VALIDATION.value
     return record.status

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import (
 from docbatch.core.settings import Settings
 
 # The execution option that picks how a SQLite transaction begins. Writers take the write lock at
-# BEGIN (IMMEDIATE), so two writers never both read a row and then fail to upgrade their lock;
-# readers begin DEFERRED and see a consistent WAL snapshot without blocking writers.
+# BEGIN (IMMEDIATE), so two writers never both read a row and then fail to upgrade their lock.
+# Readers begin DEFERRED and see a consistent WAL snapshot without blocking writers.
 _SQLITE_BEGIN = "docbatch_sqlite_begin"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -185,14 +184,3 @@ async def list_log_entries(session: AsyncSession, record_id: int) -> list[Record
         .order_by(RecordLogEntry.created_at, RecordLogEntry.id)
     )
     return list(result)
-
-
-async def blob_keys_of(session: AsyncSession, record_ids: Sequence[int]) -> dict[int, str | None]:
-    result = await session.execute(
-        select(BatchRecord.id, BatchRecord.blob_key).where(BatchRecord.id.in_(record_ids))
-    )
-    return {row.id: row.blob_key for row in result}
-
-
-def new_blob_guid() -> uuid.UUID:
-    return uuid.uuid4()

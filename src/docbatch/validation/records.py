@@ -46,7 +46,7 @@ _MAX_ARCHIVE_MEMBERS = 2000
 
 
 class ConfigurationError(ValueError):
-    """A batch type configuration that cannot be used; the message says what to fix."""
+    """A batch type configuration that cannot be used; its message names the fix."""
 
 
 @dataclass(slots=True)
@@ -174,7 +174,7 @@ def read_archive(content: bytes, suffix: str, max_bytes: int) -> dict[str, bytes
             )
         files[name] = data
     if not files:
-        raise ConfigurationError(f"the schema archive holds no {suffix} file")
+        raise ConfigurationError(f"the schema archive contains no {suffix} file")
     return files
 
 

@@ -1,7 +1,7 @@
 """Job handlers: start processing a batch, validate chunks of its records, settle it.
 
 Each handler finishes its job inside its last transaction, so the job's completion commits with
-the writes it describes. Every transaction first checks that the attempt still holds the job
+the writes it describes. Every transaction first checks that the attempt still owns the job's lease
 (attempt fencing) and moves records with compare-and-set updates, so a page redone after a crash
 or a takeover counts each record once.
 """

@@ -78,7 +78,8 @@ def _check_one(validator: RecordValidator, blobs: BlobStore, record: PendingReco
 async def check_records(
     validator: RecordValidator, blobs: BlobStore, records: list[PendingRecord]
 ) -> list[RecordCheck]:
-    """Validate payloads in a worker thread; a defective payload never raises, it fails."""
+    """Validate payloads in a worker thread. A defective payload gives a failed `RecordCheck`;
+    a storage failure raises `InfrastructureError`."""
     return await anyio.to_thread.run_sync(
         lambda: [_check_one(validator, blobs, record) for record in records]
     )
