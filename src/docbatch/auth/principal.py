@@ -27,7 +27,7 @@ class TenantScope:
 
     Store functions that touch tenant data take this type instead of a bare UUID, so a query
     cannot be written with a tenant that did not pass the authorization check. Only
-    `grant_tenant` (and operator tooling acting with full rights) creates instances.
+    `grant_tenant` creates instances.
     """
 
     __slots__ = ("guid",)
@@ -45,9 +45,4 @@ def grant_tenant(principal: Principal, tenant_guid: uuid.UUID) -> TenantScope | 
     """Return the scope for `tenant_guid` when the principal may act on it, otherwise None."""
     if tenant_guid not in principal.tenants:
         return None
-    return TenantScope(tenant_guid, _granted=True)
-
-
-def operator_scope(tenant_guid: uuid.UUID) -> TenantScope:
-    """A scope for trusted in-process callers: the worker and the command-line tool."""
     return TenantScope(tenant_guid, _granted=True)
