@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import OperationalError
 
-from docbatch.auth.principal import operator_scope
+from docbatch.auth.principal import Principal, TenantScope, grant_tenant
 from docbatch.core.settings import Settings
 from docbatch.core.timefmt import utcnow
 from docbatch.queue import jobs
@@ -28,6 +28,12 @@ from docbatch.store.records import NewRecord, insert_records
 from tests.support import Api, assert_envelope_error, run_worker_until, valid_order
 
 CONCURRENT_CALLS = 50
+
+
+def _scope_of(tenant: uuid.UUID) -> TenantScope:
+    scope = grant_tenant(Principal("seed", frozenset(), frozenset({tenant})), tenant)
+    assert scope is not None
+    return scope
 
 
 async def _batch_id(settings: Settings, batch_guid: str) -> int:
@@ -265,7 +271,7 @@ async def _add_stored_records(settings: Settings, api: Api, batch_guid: str, cou
     try:
         async with database.transaction() as session:
             await insert_records(
-                session, operator_scope(api.tenant), batch_id, records, RecordStatus.CREATING, now
+                session, _scope_of(api.tenant), batch_id, records, RecordStatus.CREATING, now
             )
             await session.execute(
                 update(Batch)
