@@ -1,0 +1,148 @@
+"""`python -m bench run`: set up a scratch database and service, run scenarios, print a table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+from bench import profiling
+from bench.context import FULL, SMOKE, Context
+from bench.load import missing_tools
+from bench.postgres import ServerAddress
+from bench.report import Row, format_table
+from bench.scenarios import SCENARIOS
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark DocBatch on PostgreSQL against same-run references.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run scenarios and print the results table")
+    run.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        help="scenario to run; repeat for several (default: all, in the documented order)",
+    )
+    run.add_argument(
+        "--runs", type=int, help="measurements per scenario; the table shows medians (default 3)"
+    )
+    run.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, one run and 2 s loads: checks that everything works in about a minute",
+    )
+    run.add_argument(
+        "--postgres-url",
+        default=os.environ.get("DOCBATCH_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="PostgreSQL server reached without a password; a scratch database bench_* is "
+        f"created on it and dropped afterwards (default: $DOCBATCH_BENCH_POSTGRES_URL or "
+        f"{DEFAULT_POSTGRES_URL})",
+    )
+    run.add_argument(
+        "--load-seconds", type=float, help="duration of each wrk and pgbench load in seconds"
+    )
+    run.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="PATH",
+        help="py-spy executable: record the API server during each scenario and write "
+        "collapsed stacks and a summary to --profile-folder",
+    )
+    run.add_argument(
+        "--profile-folder",
+        type=Path,
+        default=Path("bench-profiles"),
+        help="where --py-spy writes its output (default: ./bench-profiles)",
+    )
+    run.add_argument(
+        "--keep-folder",
+        action="store_true",
+        help="keep the scratch folder with the process logs and blobs after the run",
+    )
+    return parser
+
+
+def run(arguments: argparse.Namespace) -> int:
+    missing = missing_tools()
+    if missing:
+        print(
+            f"bench: {', '.join(missing)} not found on PATH; install them first "
+            "(apt-get install -y wrk postgresql-client)",
+            file=sys.stderr,
+        )
+        return 2
+    sizes = SMOKE if arguments.smoke else FULL
+    if arguments.runs is not None:
+        if arguments.runs < 1:
+            print("bench: --runs must be at least 1", file=sys.stderr)
+            return 2
+        sizes = replace(sizes, runs=arguments.runs)
+    if arguments.load_seconds is not None:
+        sizes = replace(sizes, load_seconds=arguments.load_seconds)
+    names = arguments.scenario or list(SCENARIOS)
+    folder = Path(tempfile.mkdtemp(prefix="docbatch-bench-"))
+    context = Context(
+        server=ServerAddress.from_url(arguments.postgres_url),
+        database=f"bench_{os.getpid()}_{int(time.time())}",
+        folder=folder,
+        sizes=sizes,
+    )
+    rows: list[Row] = []
+    failures: list[str] = []
+    started = time.monotonic()
+    try:
+        context.prepare()
+        for name in names:
+            scenario_started = time.monotonic()
+            print(f"bench: running {name}", file=sys.stderr, flush=True)
+            recorder = (
+                profiling.start_recording(arguments.py_spy, context, name, arguments.profile_folder)
+                if arguments.py_spy
+                else None
+            )
+            try:
+                rows += SCENARIOS[name](context)
+            except Exception:  # noqa: BLE001  # report the scenario and run the next one
+                failures.append(name)
+                print(
+                    f"bench: scenario {name} failed:\n{traceback.format_exc()}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            finally:
+                if recorder is not None:
+                    profiling.finish_recording(recorder)
+            print(
+                f"bench: {name} took {time.monotonic() - scenario_started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        context.teardown(keep_folder=arguments.keep_folder)
+    print(format_table(rows))
+    print(
+        f"\nruns per scenario: {sizes.runs}; load duration: {sizes.load_seconds:g} s; "
+        f"wall time: {time.monotonic() - started:.0f} s"
+    )
+    if arguments.keep_folder:
+        print(f"logs and blobs kept in {folder}")
+    if failures:
+        print(f"bench: scenarios that failed to run: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> None:
+    arguments = build_parser().parse_args()
+    raise SystemExit(run(arguments))
