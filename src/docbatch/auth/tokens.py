@@ -8,6 +8,7 @@ embedded `jwk`) are never followed: PyJWT ignores those headers and the resolver
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 from typing import Any, Protocol
@@ -25,6 +26,10 @@ from docbatch.core.timefmt import utcnow
 logger = structlog.get_logger(__name__)
 
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+# Verified tokens kept in memory, and for how long at most: a key removed from an identity
+# provider's JWKS stops being trusted within this time.
+_CACHE_SIZE = 10_000
+_CACHE_SECONDS = 300.0
 
 
 class KeyResolver(Protocol):
@@ -85,9 +90,28 @@ class TokenVerifier:
         self._leeway = timedelta(seconds=leeway_seconds)
         self._roles_claim = roles_claim
         self._tenants_claim = tenants_claim
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     async def verify(self, token: str) -> Principal:
-        """Verify signature and claims; raise `AuthenticationError` (401) for any defect."""
+        """Verify signature and claims; raise `AuthenticationError` (401) for any defect.
+
+        A verified token is remembered until its expiry (at most `_CACHE_SECONDS`), so a client
+        that reuses its token skips the signature check on later requests.
+        """
+        now = time.time()
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, valid_until = cached
+            if now < valid_until:
+                return principal
+            del self._verified[token]
+        principal, expires_at = await self._verify_uncached(token)
+        if len(self._verified) >= _CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = (principal, min(expires_at, now + _CACHE_SECONDS))
+        return principal
+
+    async def _verify_uncached(self, token: str) -> tuple[Principal, float]:
         key = await self._resolver.key_for(token)
         try:
             claims = jwt.decode(
@@ -105,11 +129,12 @@ class TokenVerifier:
             ) from error
         except jwt.PyJWTError as error:
             raise AuthenticationError(f"The bearer token is invalid: {error}.") from error
-        return Principal(
+        principal = Principal(
             subject=str(claims["sub"]),
             roles=frozenset(_string_list(claims.get(self._roles_claim), self._roles_claim)),
             tenants=frozenset(_tenant_list(claims.get(self._tenants_claim), self._tenants_claim)),
         )
+        return principal, float(claims["exp"])
 
 
 def _string_list(value: Any, claim: str) -> list[str]:
