@@ -370,7 +370,7 @@ def run_flow(args: argparse.Namespace, http: httpx.Client) -> int:
     record_ids = upload_records(client, batch_guid, example, records)
     print(f"Uploaded {len(record_ids)} records: {record_ids}")
     print("Batch after upload:")
-    print(json.dumps(get_batch(client, batch_guid), indent=2))
+    print(json.dumps(without_schema(get_batch(client, batch_guid)), indent=2))
 
     mark_upload_complete(client, batch_guid, len(record_ids))
     print(f"Marked upload complete; polling every {POLL_INTERVAL_SECONDS:g} s:")
@@ -465,6 +465,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.poll_timeout <= 0 or args.http_timeout <= 0:
         parser.error("--poll-timeout and --http-timeout must be positive")
     return args
+
+
+def without_schema(batch: dict[str, Any]) -> dict[str, Any]:
+    """Return the batch with its base64 schema replaced by its length, for printing."""
+    configuration = dict(batch["batchType"]["configuration"])
+    schema = configuration.get("dataSchemaBase64")
+    if schema is not None:
+        configuration["dataSchemaBase64"] = f"<{len(schema)} base64 characters>"
+    return {**batch, "batchType": {**batch["batchType"], "configuration": configuration}}
 
 
 def main(argv: list[str] | None = None) -> int:

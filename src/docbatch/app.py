@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from docbatch import __version__
 from docbatch.api import batch_types, batches, records, token
 from docbatch.api.errors import install_error_handlers
-from docbatch.api.middleware import RequestIdMiddleware
+from docbatch.api.middleware import JsonBodyLimitMiddleware, RequestIdMiddleware
 from docbatch.api.state import AppState
 from docbatch.auth.keys import load_or_create_signing_key
 from docbatch.auth.tokens import JwksKeyResolver, LocalKeyResolver, TokenIssuer, TokenVerifier
@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         lifespan=lifespan,
     )
     app.openapi = lambda: _openapi_schema(app)  # type: ignore[method-assign]
+    app.add_middleware(JsonBodyLimitMiddleware, max_bytes=settings.max_json_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(token.router)

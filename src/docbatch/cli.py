@@ -30,6 +30,10 @@ from docbatch.store.models import JobStatus
 logger = structlog.get_logger("docbatch.cli")
 
 
+# The length of the columns that keep tenant and client names.
+MAX_NAME_LENGTH = 200
+
+
 class CommandError(Exception):
     """A command that cannot run; the message is printed and the exit status is 1."""
 
@@ -132,9 +136,21 @@ async def _run_worker(settings: Settings) -> None:
         await database.dispose()
 
 
+def _check_name(name: str) -> None:
+    if len(name) > MAX_NAME_LENGTH:
+        raise CommandError(
+            f"--name is {len(name)} characters long; at most {MAX_NAME_LENGTH} are stored"
+        )
+
+
 async def _add_tenant(settings: Settings, name: str, guid: uuid.UUID | None) -> uuid.UUID:
+    _check_name(name)
     database = await _with_database(settings, "tenant add")
     try:
+        if len(name) > MAX_NAME_LENGTH:
+            raise CommandError(
+                f"--name is {len(name)} characters long; at most {MAX_NAME_LENGTH} fit"
+            )
         tenant_guid = guid or uuid.uuid4()
         async with database.transaction() as session:
             if await tenant_store.get_tenant(session, tenant_guid) is not None:
@@ -148,6 +164,7 @@ async def _add_tenant(settings: Settings, name: str, guid: uuid.UUID | None) -> 
 async def _add_client(
     settings: Settings, name: str, tenants: list[uuid.UUID], roles: list[Role]
 ) -> tuple[str, str]:
+    _check_name(name)
     database = await _with_database(settings, "client add")
     try:
         async with database.transaction() as session:

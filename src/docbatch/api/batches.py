@@ -6,7 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from docbatch.api.deps import MAX_INT64, CreatorScope, State, ViewerScope, parse_guid, reject_nul
+from docbatch.api.deps import (
+    MAX_INT64,
+    CreatorScope,
+    State,
+    ViewerScope,
+    parse_guid,
+    reject_unstorable,
+)
 from docbatch.api.docs import error_responses, success_example
 from docbatch.api.schemas import BatchOut, Envelope, ok
 from docbatch.core.errors import ConflictError, InvalidRequestError, NotFoundError
@@ -22,7 +29,7 @@ async def _create_batch(
     scope: CreatorScope, state: State, batch_type_guid: str, batch_reference: str | None
 ) -> Envelope[str]:
     guid = parse_guid(batch_type_guid, "batchTypeGuid")
-    reject_nul(batch_reference, "batchReference")
+    reject_unstorable(batch_reference, "batchReference")
     if batch_reference is not None and len(batch_reference) > MAX_BATCH_REFERENCE_LENGTH:
         raise InvalidRequestError(
             f"batchReference is {len(batch_reference)} characters long; at most "

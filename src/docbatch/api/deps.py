@@ -22,6 +22,7 @@ from docbatch.core.errors import (
     InvalidRequestError,
     UnsupportedMediaTypeError,
 )
+from docbatch.core.text import unstorable_character
 
 _bearer = HTTPBearer(auto_error=False, description="An access token from /core/connect/token.")
 
@@ -108,10 +109,11 @@ def require_json_body(request: Request) -> None:
         )
 
 
-def reject_nul(value: str | None, name: str) -> None:
-    """Raise 400 for text with a NUL character, which PostgreSQL text columns cannot store."""
-    if value is not None and "\x00" in value:
-        raise InvalidRequestError(f"{name} contains a NUL character; remove it.")
+def reject_unstorable(value: str | None, name: str) -> None:
+    """Raise 400 for text with a NUL character or a lone surrogate, which cannot be stored."""
+    found = unstorable_character(value)
+    if found:
+        raise InvalidRequestError(f"{name} contains {found}; remove it.")
 
 
 # The largest value a 64-bit signed integer column holds.

@@ -13,7 +13,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from docbatch.core.errors import DocBatchError, InfrastructureError, ServiceUnavailableError
+from docbatch.core.errors import (
+    DocBatchError,
+    InfrastructureError,
+    ServiceUnavailableError,
+    summarize_error,
+)
 
 logger = structlog.get_logger(__name__)
 
@@ -78,6 +83,10 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
+    if isinstance(error.__cause__, DocBatchError):
+        # FastAPI reports any failure while reading a body as a 400 "error parsing the body";
+        # a body limit hit while reading keeps its own status.
+        return await _domain_error(request, error.__cause__)
     template = _HTTP_MESSAGES.get(error.status_code)
     message = template.format(method=request.method) if template else str(error.detail)
     return envelope_response(error.status_code, message, dict(error.headers or {}))
@@ -93,7 +102,7 @@ async def _client_disconnected(request: Request, error: Exception) -> JSONRespon
 async def _unavailable(request: Request, error: Exception) -> JSONResponse:
     logger.warning(
         "request.backend_unavailable",
-        error=str(error).splitlines()[0][:300],
+        error=summarize_error(error),
         error_type=type(error).__name__,
     )
     unavailable = ServiceUnavailableError()
@@ -111,6 +120,16 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
     logger.exception("request.failed", error_type=type(error).__name__)
     request_id = request.scope.get("state", {}).get("request_id", "unknown")
     return envelope_response(500, internal_error_message(request_id))
+
+
+# PostgreSQL SQLSTATE classes that mean the server cannot take the request now: 08 connection
+# exceptions, 53 insufficient resources (too many clients), 57P operator intervention (shutdown).
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")
+
+
+def _is_unavailable_sqlstate(error: DBAPIError) -> bool:
+    sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -133,6 +152,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def _dbapi_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DBAPIError)
-    if error.connection_invalidated:
+    if error.connection_invalidated or _is_unavailable_sqlstate(error):
         return await _unavailable(request, error)
     return await _unexpected(request, error)

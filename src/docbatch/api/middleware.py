@@ -10,6 +10,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from docbatch.api.errors import envelope_response, internal_error_message
+from docbatch.core.errors import PayloadTooLargeError
 
 logger = structlog.get_logger("docbatch.request")
 
@@ -75,3 +76,45 @@ class RequestIdMiddleware:
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
             structlog.contextvars.clear_contextvars()
+
+
+class JsonBodyLimitMiddleware:
+    """Reject a body that is not multipart/form-data once it passes `max_bytes`.
+
+    FastAPI reads a JSON body whole before any dependency runs, the token check included, so
+    without this limit an anonymous client could make the process hold any amount of memory.
+    Multipart uploads stream and enforce their own per-record limits.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data"):
+            await self.app(scope, receive, send)
+            return
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = envelope_response(413, self._message())
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLargeError(self._message())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _message(self) -> str:
+        return f"The request body is over the limit of {self.max_bytes} bytes; nothing was stored."

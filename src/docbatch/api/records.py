@@ -17,7 +17,7 @@ from docbatch.api.deps import (
     State,
     ViewerScope,
     parse_guid,
-    reject_nul,
+    reject_unstorable,
 )
 from docbatch.api.docs import error_responses, success_example
 from docbatch.api.multipart import (
@@ -43,6 +43,8 @@ from docbatch.storage.blobs import BlobWriter
 router = APIRouter(prefix="/api/DocBatch", tags=["Records"])
 
 RECORD_PART = "RecordData"
+# The length of the column that keeps a record's file name.
+MAX_FILE_NAME_LENGTH = 400
 METADATA_PART = "MetaData"
 # Room for multipart boundaries and part headers around one record and its metadata.
 _MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -99,7 +101,12 @@ class _FormReader:
             )
 
     def _start(self, part: PartStart) -> None:
-        reject_nul(part.file_name, f"The file name of a {RECORD_PART} part")
+        reject_unstorable(part.file_name, f"The file name of a {RECORD_PART} part")
+        if part.file_name is not None and len(part.file_name) > MAX_FILE_NAME_LENGTH:
+            raise InvalidRequestError(
+                f"A {RECORD_PART} file name is {len(part.file_name)} characters long; at most "
+                f"{MAX_FILE_NAME_LENGTH} are stored. Shorten it."
+            )
         if part.name == RECORD_PART:
             if self._single and self.file_names:
                 raise InvalidRequestError(
@@ -158,7 +165,7 @@ def _decode_metadata(raw: bytearray | None) -> str | None:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise InvalidRequestError(f"{METADATA_PART} is not UTF-8 text: {error}.") from error
-    reject_nul(text, METADATA_PART)
+    reject_unstorable(text, METADATA_PART)
     return text
 
 
@@ -191,7 +198,7 @@ def _metadata_per_record(
                 f"The metadata of '{name[:200]}' is over the limit of {max_bytes} bytes; "
                 "nothing was stored."
             )
-        reject_nul(value, f"The metadata of '{name[:200]}'")
+        reject_unstorable(value, f"The metadata of '{name[:200]}'")
         service.validate_metadata(value, f"The metadata of '{name[:200]}'")
     return [by_name.get(name) if name is not None else None for name in file_names]
 

@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,6 +18,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from docbatch.core.text import unstorable_character
 from docbatch.core.timefmt import format_timespan, format_timestamp, parse_timespan
 from docbatch.services.records import effective_record_status
 from docbatch.store import models
@@ -90,15 +90,17 @@ class BatchTypeConfiguration(WireModel):
         return self
 
 
-def _reject_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("contains a NUL character; remove it")
-    return value
-
-
 class BatchTypeIn(WireModel):
-    name: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_reject_nul)]
+    name: str = Field(min_length=1, max_length=200)
     configuration: BatchTypeConfiguration
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unstorable(cls, data: Any) -> Any:
+        found = unstorable_character(data)
+        if found:
+            raise ValueError(f"the body contains {found}, which cannot be stored; remove it")
+        return data
 
 
 class BatchTypeOut(WireModel):

@@ -10,10 +10,12 @@ from urllib.parse import unquote_plus
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from docbatch.api.schemas import TokenResponse
 from docbatch.api.state import app_state
 from docbatch.auth.clients import authenticate_client
+from docbatch.core.text import unstorable_character
 
 logger = structlog.get_logger(__name__)
 
@@ -21,6 +23,8 @@ router = APIRouter(tags=["Authentication"])
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_FORM_BYTES = 16 * 1024
+# The length of the column that keeps client ids; a longer id cannot belong to a client.
+_MAX_CLIENT_ID_LENGTH = 64
 
 
 def _oauth_error(status_code: int, error: str, description: str) -> JSONResponse:
@@ -97,7 +101,10 @@ async def issue_token(request: Request) -> JSONResponse:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > _MAX_FORM_BYTES:
         return _oauth_error(400, "invalid_request", "The form is too large.")
-    form = await request.form(max_files=0, max_fields=20, max_part_size=_MAX_FORM_BYTES)
+    try:
+        form = await request.form(max_files=0, max_fields=20, max_part_size=_MAX_FORM_BYTES)
+    except StarletteHTTPException as error:
+        return _oauth_error(400, "invalid_request", f"The form is malformed: {error.detail}")
     grant_type = form.get("grant_type")
     if not grant_type:
         return _oauth_error(
@@ -109,6 +116,8 @@ async def issue_token(request: Request) -> JSONResponse:
     client_id, secret = basic if basic else (form.get("client_id"), form.get("client_secret"))
     if not isinstance(client_id, str) or not isinstance(secret, str) or not client_id or not secret:
         return _oauth_error(400, "invalid_request", "client_id and client_secret are required.")
+    if unstorable_character(client_id) or len(client_id) > _MAX_CLIENT_ID_LENGTH:
+        return _oauth_error(401, "invalid_client", "The client id or secret is wrong.")
     async with state.database.read() as session:
         client = await authenticate_client(session, client_id, secret)
     if client is None:

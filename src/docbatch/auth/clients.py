@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+import anyio
 import anyio.to_thread
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +21,19 @@ logger = structlog.get_logger(__name__)
 
 class UnknownTenantsError(ValueError):
     pass
+
+
+# Each Argon2 verification takes about 64 MiB and a core for a moment, so only this many run at
+# once; more token requests wait instead of exhausting memory and the shared thread pool.
+_PARALLEL_VERIFICATIONS = 2
+_limiter: anyio.CapacityLimiter | None = None
+
+
+def _verification_slots() -> anyio.CapacityLimiter:
+    global _limiter  # noqa: PLW0603  # created on first use, inside the running event loop
+    if _limiter is None:
+        _limiter = anyio.CapacityLimiter(_PARALLEL_VERIFICATIONS)
+    return _limiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +80,6 @@ async def authenticate_client(
     """Return the client when the secret matches; the check takes as long for unknown ids."""
     client = await store.get_client(session, client_id)
     matched = await anyio.to_thread.run_sync(
-        verify_secret, client.secret_hash if client else None, secret
+        verify_secret, client.secret_hash if client else None, secret, limiter=_verification_slots()
     )
     return client if matched else None

@@ -72,3 +72,9 @@ class ServiceUnavailableError(DocBatchError):
 
 class InfrastructureError(Exception):
     """A database or blob store failure that a worker retries with backoff."""
+
+
+def summarize_error(error: BaseException, limit: int = 300) -> str:
+    """Return the first line of an error's message for a log line, or its type when it has none."""
+    lines = str(error).splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]

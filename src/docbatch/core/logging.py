@@ -46,7 +46,7 @@ def configure_logging(settings: Settings) -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
+    root.setLevel(settings.log_level)
     # Alembic reports every migration step at INFO; `docbatch db upgrade` logs its own summary.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # Uvicorn's access log repeats the request line that the request middleware already logs.

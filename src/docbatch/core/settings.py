@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(default=64 * 1024, gt=0)
     max_schema_bytes: int = Field(default=16 * MIB, gt=0)
     max_records_per_request: int = Field(default=10_000, gt=0)
+    # A JSON body carries the schema in base64, a third larger than the schema itself.
+    max_json_body_bytes: int = Field(default=24 * MIB, gt=0)
 
     # Tokens issued by this service.
     token_ttl_seconds: int = Field(default=3600, gt=0)
@@ -57,12 +59,29 @@ class Settings(BaseSettings):
     # Limits applied when a worker parses a record.
     max_xml_depth: int = Field(default=256, gt=0)
 
-    db_pool_size: int = Field(default=20, gt=0)
-    db_max_overflow: int = Field(default=20, ge=0)
+    # Per process: one API process and two workers stay within PostgreSQL's default of 100
+    # connections with these.
+    db_pool_size: int = Field(default=10, gt=0)
+    db_max_overflow: int = Field(default=10, ge=0)
     sqlite_busy_timeout_ms: int = Field(default=30_000, gt=0)
 
     log_format: Literal["auto", "console", "json"] = "auto"
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        if not value.startswith("file://"):
+            raise ValueError(
+                f"{value!r} is not supported; use file://PATH "
+                "(S3-compatible storage is not built yet)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_heartbeat(self) -> Settings:

@@ -10,13 +10,17 @@ from typing import Any
 import jsonschema
 import referencing
 import referencing.exceptions
-from jsonschema.exceptions import SchemaError
+import regex
+from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.protocols import Validator
 from referencing.jsonschema import DRAFT202012
 
 # Schema files get URIs under this base so that relative `$ref`s resolve between them. The
 # registry has no retrieve function, so no URI (this one included) is read from disk or network.
 _ARCHIVE_URL_PREFIX = "file:///schema-archive/"
+# Python's re has no time limit, so a backtracking pattern such as ^(a+)+$ could hold a worker
+# (and the GIL) for hours on a short record; patterns run on the regex package with this limit.
+PATTERN_TIMEOUT_SECONDS = 1.0
 # Validation stops listing errors past this count; the record has failed either way.
 MAX_REPORTED_ERRORS = 100
 
@@ -103,8 +107,52 @@ def compile_json_schema(
         root_schema = {**schema, "$id": _ARCHIVE_URL_PREFIX + name}
     registry = registry.crawl()
     _check_references_resolve(registry, documents)
-    validator: Validator = validator_class(root_schema, registry=registry)
+    bounded_class = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+        validator_class, {"pattern": _pattern, "patternProperties": _pattern_properties}
+    )
+    validator: Validator = bounded_class(root_schema, registry=registry)
     return validator
+
+
+def _search(pattern: str, text: str) -> bool | None:
+    """Search with a time limit; None means the limit was reached."""
+    try:
+        return regex.search(pattern, text, timeout=PATTERN_TIMEOUT_SECONDS) is not None
+    except TimeoutError:
+        return None
+
+
+def _pattern(
+    validator: Validator, pattern: str, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "string"):
+        return
+    matched = _search(pattern, instance)
+    if matched is None:
+        yield ValidationError(
+            f"matching against {pattern!r} took longer than {PATTERN_TIMEOUT_SECONDS} s"
+        )
+    elif not matched:
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Validator, patterns: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for name, value in instance.items():
+            matched = _search(pattern, name)
+            if matched is None:
+                yield ValidationError(
+                    f"matching property {name!r} against {pattern!r} took longer than "
+                    f"{PATTERN_TIMEOUT_SECONDS} s"
+                )
+            elif matched:
+                yield from validator.descend(  # type: ignore[attr-defined]
+                    value, subschema, path=name, schema_path=pattern
+                )
 
 
 def _check_references_resolve(

@@ -7,6 +7,8 @@ from typing import Any
 
 from lxml import etree
 
+from docbatch.core.text import storable
+
 # The column that stores a record's reference holds this many characters.
 MAX_REFERENCE_LENGTH = 400
 
@@ -102,5 +104,5 @@ def read_json_reference(tokens: list[str], document: Any) -> str | None:
 
 
 def _clip(text: str) -> str:
-    # PostgreSQL text cannot hold NUL, which a JSON string may carry as \u0000.
-    return text.replace("\x00", "")[:MAX_REFERENCE_LENGTH]
+    # A JSON string may carry \u0000 or a lone surrogate escape, which no database column stores.
+    return storable(text)[:MAX_REFERENCE_LENGTH]

@@ -16,6 +16,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from docbatch.core.settings import Settings
+from docbatch.core.text import storable
 from docbatch.core.timefmt import utcnow
 from docbatch.queue import jobs
 from docbatch.queue.jobs import ClaimedJob, JobKind
@@ -70,7 +71,9 @@ async def _record_outcomes(
             if moved:
                 outcomes.failed += 1
                 outcomes.logged = True
-                lines = [LogLine("Error", VALIDATION_STAGE, issue) for issue in check.issues]
+                lines = [
+                    LogLine("Error", VALIDATION_STAGE, storable(issue)) for issue in check.issues
+                ]
                 await record_store.add_log_entries(session, record.id, lines, now)
         else:
             moved = await record_store.move_record(

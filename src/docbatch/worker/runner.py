@@ -14,7 +14,7 @@ import structlog
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from docbatch.core.errors import InfrastructureError
+from docbatch.core.errors import InfrastructureError, summarize_error
 from docbatch.core.settings import Settings
 from docbatch.core.timefmt import utcnow
 from docbatch.queue import jobs
@@ -68,16 +68,22 @@ class Worker:
             try:
                 job = await self._claim()
                 failures = 0
-            except _INFRASTRUCTURE_ERRORS as error:
+            except Exception as error:  # noqa: BLE001  # logged below, and the loop must go on
+                # A slot must outlive any failure, or the process stays up doing nothing.
                 failures += 1
                 delay = min(
                     self._settings.job_backoff_max_seconds,
                     self._settings.worker_poll_seconds * 2**failures,
                 )
-                logger.warning(
+                log = (
+                    logger.warning
+                    if isinstance(error, _INFRASTRUCTURE_ERRORS)
+                    else logger.exception
+                )
+                log(
                     "worker.claim_failed",
                     slot=index,
-                    error=str(error).splitlines()[0][:300],
+                    error=summarize_error(error),
                     retry_in_seconds=delay,
                 )
                 await self._sleep(delay)
@@ -150,10 +156,13 @@ class Worker:
             try:
                 async with self._database.transaction() as session:
                     held = await jobs.extend_lease(session, job, utcnow(), self._lease)
-            except _INFRASTRUCTURE_ERRORS as error:
-                logger.warning(
-                    "job.heartbeat_failed", job_id=job.id, error=str(error).splitlines()[0][:300]
+            except Exception as error:  # noqa: BLE001  # logged below, and the loop must go on
+                log = (
+                    logger.warning
+                    if isinstance(error, _INFRASTRUCTURE_ERRORS)
+                    else logger.exception
                 )
+                log("job.heartbeat_failed", job_id=job.id, error=summarize_error(error))
                 continue
             if not held:
                 logger.warning("job.lease_taken_over", job_id=job.id)
