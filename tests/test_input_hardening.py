@@ -101,6 +101,25 @@ async def test_long_file_name_rejected(api: Api) -> None:
     assert (await api.get_batch(batch))["totalRecords"] == 0
 
 
+async def test_metadata_for_repeated_name(api: Api) -> None:
+    batch = await api.create_batch(await api.insert_batch_type())
+    files = [
+        ("RecordData", ("same.xml", b"<order/>", "application/xml")),
+        ("RecordData", ("same.xml", b"<order/>", "application/xml")),
+    ]
+
+    response = await api.call(
+        "POST",
+        "CreateBatchRecords",
+        {"batchGuid": batch},
+        files=files,
+        data={"MetaData": json.dumps({"same.xml": "{}"})},
+    )
+
+    assert_envelope_error(response, 400, "same.xml")
+    assert (await api.get_batch(batch))["totalRecords"] == 0
+
+
 async def test_token_client_id_nul(client: AsyncClient) -> None:
     response = await client.post(
         "/core/connect/token",

@@ -186,6 +186,12 @@ def _metadata_per_record(
         raise InvalidRequestError(
             f"{METADATA_PART} must be a JSON object whose values are metadata strings."
         )
+    repeated = sorted(name for name in by_name if file_names.count(name) > 1)
+    if repeated:
+        raise InvalidRequestError(
+            f"{METADATA_PART} names file '{repeated[0][:200]}', which several {RECORD_PART} "
+            "parts share; give each part its own file name."
+        )
     unknown = sorted(set(by_name) - set(file_names))
     if unknown:
         raise InvalidRequestError(
