@@ -1,5 +1,5 @@
-"""Inputs found to break the service in an attack session: each must now fail cleanly, or
-settle, and leave the service serving."""
+"""Hostile or malformed inputs: each must fail cleanly or let its batch settle, and leave the
+service serving."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Every store query on tenant data either takes a `TenantScope` or is on a reviewed list of
-trusted callers (the worker and the command-line tool), so a new unscoped query fails here."""
+queries for trusted callers, so a new unscoped query fails here."""
 
 from __future__ import annotations
 

@@ -14,8 +14,10 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def unstorable_character(value: Any, location: str = "") -> str | None:
-    """Describe the first NUL or lone surrogate in a string, list or dict, with its location
-    (`parameters.a`) when it is nested; return None when there is none."""
+    """Describe the first NUL or lone surrogate in a string, list or dict, or return None.
+
+    A nested one is described with its location, such as `configuration.parameters.a`.
+    """
     if isinstance(value, str):
         match = _UNSTORABLE.search(value)
         if match is None:
