@@ -222,7 +222,7 @@ async def run_worker_until(
     limit_seconds: float = 30.0,
 ) -> dict[str, Any]:
     """Run an in-process worker until the batch reaches one of `statuses`; return the batch."""
-    wanted = statuses or FINAL_STATUSES
+    expected_statuses = statuses or FINAL_STATUSES
     database = Database(settings)
     worker = Worker(settings, database, open_blob_store(settings.storage_url))
     await worker.start()
@@ -230,7 +230,7 @@ async def run_worker_until(
         deadline = asyncio.get_running_loop().time() + limit_seconds
         while True:
             batch = await api.get_batch(batch_guid)
-            if batch["statusId"] in wanted:
+            if batch["statusId"] in expected_statuses:
                 return batch
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(

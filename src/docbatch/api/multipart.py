@@ -1,8 +1,8 @@
 """A streaming `multipart/form-data` reader.
 
-Starlette's form parser spools every file part before the endpoint receives it; record payloads of
-up to 100 MiB must instead flow chunk by chunk into the blob store with the size limit enforced
-as they arrive, so this module drives python-multipart's push parser over the request stream.
+Starlette's form parser spools every file part before the endpoint receives it. Record payloads
+of up to 100 MiB must instead flow chunk by chunk into the blob store, with the size limit
+enforced as they arrive, so this module drives python-multipart's push parser over the stream.
 """
 
 from __future__ import annotations
@@ -99,15 +99,14 @@ class _Collector:
         self.finished = True
 
 
-async def read_form_events(request: Request) -> AsyncIterator[FormEvent]:
+async def read_form_events(request: Request, boundary: bytes) -> AsyncIterator[FormEvent]:
     """Yield the parts of a multipart body as they arrive: start, data chunks, end.
 
-    Raises `UnsupportedMediaTypeError` for another content type and `InvalidRequestError` for a
-    malformed body.
+    `boundary` comes from `multipart_boundary`. Raises `InvalidRequestError` for a malformed body.
     """
     collector = _Collector()
     parser = MultipartParser(
-        multipart_boundary(request),
+        boundary,
         {
             "on_part_begin": collector.on_part_begin,
             "on_header_field": collector.on_header_field,

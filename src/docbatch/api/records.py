@@ -87,8 +87,8 @@ class _FormReader:
         self._writer: BlobWriter | None = None
         self._in_metadata = False
 
-    async def consume(self, request: Request) -> None:
-        async for event in read_form_events(request):
+    async def consume(self, request: Request, boundary: bytes) -> None:
+        async for event in read_form_events(request, boundary):
             if isinstance(event, PartStart):
                 self._start(event)
             elif isinstance(event, PartData):
@@ -219,7 +219,7 @@ async def _receive_records(
     single: bool,
 ) -> list[int]:
     settings = state.settings
-    multipart_boundary(request)
+    boundary = multipart_boundary(request)
     if single:
         declared = request.headers.get("content-length")
         limit = settings.max_record_bytes + settings.max_metadata_bytes + _MULTIPART_OVERHEAD_BYTES
@@ -236,7 +236,7 @@ async def _receive_records(
         upload, settings.max_record_bytes, metadata_limit, settings.max_records_per_request, single
     )
     try:
-        await reader.consume(request)
+        await reader.consume(request, boundary)
         text = _decode_metadata(reader.metadata)
         if single:
             if text is not None:

@@ -23,8 +23,9 @@ class UnknownTenantsError(ValueError):
     pass
 
 
-# Each Argon2 verification takes about 64 MiB and a core for a moment, so only this many run at
-# once; more token requests wait instead of exhausting memory and the shared thread pool.
+# An Argon2 verification with argon2-cffi's default parameters takes 64 MiB and a core for a
+# moment. Only this many run at once, so further token requests wait instead of exhausting
+# memory and the shared thread pool.
 _PARALLEL_VERIFICATIONS = 2
 _limiter: anyio.CapacityLimiter | None = None
 

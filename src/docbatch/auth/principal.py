@@ -1,4 +1,4 @@
-"""Who is calling, and the tenant scope that authorization grants."""
+"""The verified caller and the tenant scope that authorization grants."""
 
 from __future__ import annotations
 

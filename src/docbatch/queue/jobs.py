@@ -1,9 +1,9 @@
 """The job queue: rows in the service's own database, claimed under leases.
 
 A job is enqueued in the caller's transaction, so it exists exactly when the state change that
-created it committed. Claiming increments `attempts`; that number is the fencing token every
-later write of the attempt checks, so a worker whose lease expired and was taken over cannot
-overwrite the result of the attempt that replaced it.
+created it committed. Claiming increments `attempts`, and that number is the fencing token that
+every later write of the attempt checks. So a worker whose lease expired and was taken over
+cannot overwrite the result of the attempt that replaced it.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ _PARALLEL_PUBLISHES = 16
 
 
 def effective_record_status(record: BatchRecord, batch: Batch) -> str:
-    """Return the status a client sees: a record stored as `Creating` in a closed batch is
+    """Return the status reported to clients: a record stored as `Creating` in a closed batch is
     ready for validation."""
     if record.status == RecordStatus.CREATING and batch.has_creation_completed:
         return RecordStatus.READY_FOR_VALIDATION.value

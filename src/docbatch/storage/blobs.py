@@ -43,10 +43,6 @@ class BlobStore(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
-    async def check(self) -> None:
-        """Raise `InfrastructureError` when the store cannot be written."""
-        ...
-
 
 class FileBlobWriter:
     def __init__(self, root: Path, key: str) -> None:
@@ -127,19 +123,6 @@ class FileBlobStore:
 
     async def delete(self, key: str) -> None:
         await anyio.to_thread.run_sync(lambda: self._path(key).unlink(missing_ok=True))
-
-    async def check(self) -> None:
-        def probe() -> None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            if not os.access(self.root, os.W_OK):
-                raise InfrastructureError(f"the blob folder {self.root} is not writable")
-
-        try:
-            await anyio.to_thread.run_sync(probe)
-        except OSError as error:
-            raise InfrastructureError(
-                f"the blob folder {self.root} is unusable: {error}"
-            ) from error
 
 
 def open_blob_store(url: str) -> BlobStore:

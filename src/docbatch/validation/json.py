@@ -19,7 +19,8 @@ from referencing.jsonschema import DRAFT202012
 # registry has no retrieve function, so no URI (this one included) is read from disk or network.
 _ARCHIVE_URL_PREFIX = "file:///schema-archive/"
 # Python's re has no time limit, so a backtracking pattern such as ^(a+)+$ could hold a worker
-# (and the GIL) for hours on a short record; patterns run on the regex package with this limit.
+# (and the GIL) for hours on a short record. Patterns therefore run on the regex package with
+# this limit.
 PATTERN_TIMEOUT_SECONDS = 1.0
 # Validation stops listing errors past this count; the record has failed either way.
 MAX_REPORTED_ERRORS = 100

@@ -12,7 +12,6 @@ from docbatch.core.settings import Settings
 from docbatch.storage.blobs import BlobStore
 from docbatch.store.models import BatchType
 from docbatch.validation.records import (
-    ConfigurationError,
     RecordCheck,
     RecordValidator,
     build_record_validator,
@@ -83,6 +82,3 @@ async def check_records(
     return await anyio.to_thread.run_sync(
         lambda: [_check_one(validator, blobs, record) for record in records]
     )
-
-
-__all__ = ["ConfigurationError", "PendingRecord", "ValidatorCache", "check_records"]
