@@ -25,7 +25,8 @@ UNSCOPED_BY_DESIGN = {
     "docbatch.store.batches.chunk_boundaries",
     "docbatch.store.records.mark_ready",
     "docbatch.store.records.list_records_to_process",
-    "docbatch.store.records.move_record",
+    "docbatch.store.records.move_records",
+    "docbatch.store.records.set_references",
     "docbatch.store.records.add_log_entries",
     "docbatch.store.records.list_log_entries",
 }

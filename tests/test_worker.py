@@ -23,8 +23,17 @@ from docbatch.core.timefmt import utcnow
 from docbatch.queue import jobs
 from docbatch.queue.jobs import ClaimedJob, JobKind, LeaseLostError
 from docbatch.storage.blobs import FileBlobStore, open_blob_store
+from docbatch.store import records as record_store
 from docbatch.store.database import Database
-from docbatch.store.models import Batch, BatchRecord, BatchType, Job, JobStatus
+from docbatch.store.models import (
+    Batch,
+    BatchRecord,
+    BatchType,
+    Job,
+    JobStatus,
+    RecordLogEntry,
+    RecordStatus,
+)
 from docbatch.worker.runner import Worker
 from docbatch.worker.validation import PendingRecord, ValidatorCache, check_records
 from tests.support import Api, configuration, invalid_order, run_worker_until, valid_order
@@ -515,6 +524,60 @@ async def test_two_workers_share_batch(api: Api, settings: Settings) -> None:
     }
     chunk_jobs = await _jobs_of(settings, batch, JobKind.VALIDATE_CHUNK)
     assert {job.status for job in chunk_jobs} == {JobStatus.SUCCEEDED.value}
+
+
+async def test_page_moves_skip_records_moved_elsewhere(api: Api, settings: Settings) -> None:
+    """A page's bulk moves change only records still awaiting validation and report exactly
+    those, so a record another job moved first is neither counted nor logged twice."""
+    batch = await api.create_batch(await api.insert_batch_type())
+    ids = await api.upload_ok(batch, [valid_order(n) for n in range(1, 5)])
+    awaiting = (RecordStatus.CREATING, RecordStatus.READY_FOR_VALIDATION)
+    now = utcnow()
+    database = Database(settings)
+    try:
+        async with database.transaction() as session:
+            taken = await record_store.move_records(
+                session, ids[:1], awaiting, RecordStatus.VALIDATED, now
+            )
+        async with database.transaction() as session:
+            failed = await record_store.move_records(
+                session, ids[:2], awaiting, RecordStatus.VALIDATION_FAILED, now, completed=True
+            )
+            valid = await record_store.move_records(
+                session, ids[2:], awaiting, RecordStatus.COMPLETED, now, completed=True
+            )
+            await record_store.set_references(session, {ids[2]: "ORD-3", ids[3]: "ORD-4"})
+            line = record_store.LogLine("Error", "Validation", "bad")
+            await record_store.add_log_entries(session, {ids[1]: [line, line]}, now)
+            nothing = await record_store.move_records(
+                session, [], awaiting, RecordStatus.COMPLETED, now
+            )
+        async with database.read() as session:
+            rows = {
+                row.id: row
+                for row in await session.scalars(select(BatchRecord).where(BatchRecord.id.in_(ids)))
+            }
+            log_rows = await session.execute(
+                select(RecordLogEntry.record_id, func.count()).group_by(RecordLogEntry.record_id)
+            )
+            log_counts = {int(row[0]): int(row[1]) for row in log_rows}
+    finally:
+        await database.dispose()
+
+    assert taken == {ids[0]}
+    assert failed == {ids[1]}
+    assert valid == {ids[2], ids[3]}
+    assert nothing == set()
+    assert [rows[record_id].status for record_id in ids] == [
+        "Validated",
+        "ValidationFailed",
+        "Completed",
+        "Completed",
+    ]
+    assert rows[ids[0]].completed_at is None
+    assert rows[ids[1]].completed_at is not None
+    assert [rows[record_id].reference for record_id in ids] == [None, None, "ORD-3", "ORD-4"]
+    assert log_counts == {ids[1]: 2}
 
 
 def _invalid_order_with_extras(number: int) -> bytes:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from docbatch.auth.principal import TenantScope
 from docbatch.store.models import BatchRecord, RecordLogEntry, RecordStatus
+
+# Bulk moves run as Core statements on the table: the ORM's bulk machinery would cost more per
+# statement than the database does.
+_records = cast(Table, BatchRecord.__table__)
+_log_entries = cast(Table, RecordLogEntry.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,56 +131,76 @@ async def list_records_to_process(
     return list(result)
 
 
-async def move_record(
+async def move_records(
     session: AsyncSession,
-    record_id: int,
+    record_ids: Sequence[int],
     expected: Sequence[RecordStatus],
     new: RecordStatus,
     now: datetime,
     *,
-    reference: str | None = None,
-    set_reference: bool = False,
     has_log_data: bool = False,
     completed: bool = False,
-) -> bool:
-    """Compare-and-set one record's status; return whether this call moved it."""
+) -> set[int]:
+    """Compare-and-set the status of many records in one statement; return the ids this call
+    moved. Records in another status than `expected` are left as they are."""
+    if not record_ids:
+        return set()
     values: dict[str, object] = {"status": new.value, "updated_at": now}
-    if set_reference:
-        values["reference"] = reference
     if has_log_data:
         values["has_log_data"] = True
     if completed:
         values["completed_at"] = now
-    moved = await session.scalar(
-        update(BatchRecord)
+    result = await session.execute(
+        update(_records)
         .where(
-            BatchRecord.id == record_id,
-            BatchRecord.status.in_([status.value for status in expected]),
+            _records.c.id.in_(record_ids),
+            _records.c.status.in_([status.value for status in expected]),
         )
         .values(**values)
-        .returning(BatchRecord.id)
+        .returning(_records.c.id)
     )
-    return moved is not None
+    return set(result.scalars())
+
+
+# Executed once per record in one round trip; the parameter names differ from the column names,
+# which an UPDATE executed with many parameter sets requires.
+_SET_REFERENCE = (
+    update(_records)
+    .where(_records.c.id == bindparam("record_id"))
+    .values(reference=bindparam("new_reference"))
+)
+
+
+async def set_references(session: AsyncSession, references: Mapping[int, str]) -> None:
+    """Store the reference extracted from each record's payload."""
+    if not references:
+        return
+    await session.execute(
+        _SET_REFERENCE,
+        [
+            {"record_id": record_id, "new_reference": reference}
+            for record_id, reference in references.items()
+        ],
+    )
 
 
 async def add_log_entries(
-    session: AsyncSession, record_id: int, lines: Sequence[LogLine], now: datetime
+    session: AsyncSession, lines_by_record: Mapping[int, Sequence[LogLine]], now: datetime
 ) -> None:
-    if not lines:
-        return
-    await session.execute(
-        insert(RecordLogEntry),
-        [
-            {
-                "record_id": record_id,
-                "created_at": now,
-                "level": line.level,
-                "stage": line.stage,
-                "message": line.message,
-            }
-            for line in lines
-        ],
-    )
+    """Append log lines to records, all in one statement."""
+    rows = [
+        {
+            "record_id": record_id,
+            "created_at": now,
+            "level": line.level,
+            "stage": line.stage,
+            "message": line.message,
+        }
+        for record_id, lines in lines_by_record.items()
+        for line in lines
+    ]
+    if rows:
+        await session.execute(insert(_log_entries), rows)
 
 
 async def list_log_entries(session: AsyncSession, record_id: int) -> list[RecordLogEntry]:

@@ -53,61 +53,65 @@ async def _record_outcomes(
     complete_valid: bool,
     now: datetime,
 ) -> _Outcomes:
-    """Move each validated record to its outcome with a compare-and-set; count only moves."""
-    outcomes = _Outcomes()
-    for record, check in zip(pending, checks, strict=True):
-        if check.issues:
-            moved = await record_store.move_record(
-                session,
-                record.id,
-                _AWAITING_VALIDATION,
-                RecordStatus.VALIDATION_FAILED,
-                now,
-                reference=check.reference,
-                set_reference=True,
-                has_log_data=True,
-                completed=True,
-            )
-            if moved:
-                outcomes.failed += 1
-                outcomes.logged = True
-                lines = [
-                    LogLine("Error", VALIDATION_STAGE, storable(issue)) for issue in check.issues
-                ]
-                await record_store.add_log_entries(session, record.id, lines, now)
-        else:
-            moved = await record_store.move_record(
-                session,
-                record.id,
-                _AWAITING_VALIDATION,
-                RecordStatus.COMPLETED if complete_valid else RecordStatus.VALIDATED,
-                now,
-                reference=check.reference,
-                set_reference=True,
-                completed=complete_valid,
-            )
-            if moved:
-                outcomes.validated += 1
-                outcomes.completed += int(complete_valid)
-        if not moved:
-            outcomes.moved_elsewhere.append(record.id)
-    return outcomes
+    """Move the validated records to their outcomes with one compare-and-set per outcome; count
+    only the records this call moved."""
+    failed_ids = [record.id for record, check in zip(pending, checks, strict=True) if check.issues]
+    valid_ids = [
+        record.id for record, check in zip(pending, checks, strict=True) if not check.issues
+    ]
+    moved_failed = await record_store.move_records(
+        session,
+        failed_ids,
+        _AWAITING_VALIDATION,
+        RecordStatus.VALIDATION_FAILED,
+        now,
+        has_log_data=True,
+        completed=True,
+    )
+    moved_valid = await record_store.move_records(
+        session,
+        valid_ids,
+        _AWAITING_VALIDATION,
+        RecordStatus.COMPLETED if complete_valid else RecordStatus.VALIDATED,
+        now,
+        completed=complete_valid,
+    )
+    moved = moved_failed | moved_valid
+    # Records are inserted without a reference, so only the ones found in a payload are written.
+    await record_store.set_references(
+        session,
+        {
+            record.id: check.reference
+            for record, check in zip(pending, checks, strict=True)
+            if check.reference is not None and record.id in moved
+        },
+    )
+    await record_store.add_log_entries(
+        session,
+        {
+            record.id: [
+                LogLine("Error", VALIDATION_STAGE, storable(issue)) for issue in check.issues
+            ]
+            for record, check in zip(pending, checks, strict=True)
+            if record.id in moved_failed
+        },
+        now,
+    )
+    return _Outcomes(
+        validated=len(moved_valid),
+        failed=len(moved_failed),
+        completed=len(moved_valid) if complete_valid else 0,
+        logged=bool(moved_failed),
+        moved_elsewhere=[record.id for record in pending if record.id not in moved],
+    )
 
 
 async def _complete_validated(session: AsyncSession, record_ids: list[int], now: datetime) -> int:
     """Move `Validated` records to `Completed`; return how many this call moved."""
-    completed = 0
-    for record_id in record_ids:
-        moved = await record_store.move_record(
-            session,
-            record_id,
-            (RecordStatus.VALIDATED,),
-            RecordStatus.COMPLETED,
-            now,
-            completed=True,
-        )
-        completed += int(moved)
-    return completed
+    moved = await record_store.move_records(
+        session, record_ids, (RecordStatus.VALIDATED,), RecordStatus.COMPLETED, now, completed=True
+    )
+    return len(moved)
 
 
 class JobHandlers:
