@@ -8,7 +8,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -207,7 +207,7 @@ def seed_records(
     blob_prefix: str,
 ) -> None:
     """Insert `count` `Creating` records into a batch whose blob keys are
-    `blob_prefix` + the record's position as 32 hex digits (see `record_blob_name`).
+    `blob_prefix` + the record's position as 32 hex digits. No blob files are written.
 
     Foreign-key triggers are skipped for this bulk insert (session_replication_role = replica);
     the batch and tenant rows exist, so the rows are still consistent.
@@ -233,8 +233,30 @@ def seed_records(
         sql.execute("SET session_replication_role = DEFAULT")
 
 
-def record_blob_name(position: int) -> str:
-    return f"{position:032x}"
+def seed_inline_records(
+    sql: Sql, tenant: uuid.UUID, batch_id: int, payloads: Sequence[bytes]
+) -> None:
+    """Insert one `Creating` record per payload into a batch, the payload stored in the row as
+    an upload stores a payload of at most 64 KiB. Foreign-key triggers are skipped as in
+    `seed_records`."""
+    sql.execute("SET session_replication_role = replica")
+    try:
+        sql.execute(
+            """
+            INSERT INTO batch_records (
+                batch_id, tenant_guid, status, payload, payload_bytes, has_log_data,
+                has_document_data, is_retrieved, created_at, updated_at)
+            SELECT $1, $2, 'Creating', payload, length(payload), false, false, false,
+                   now(), now()
+            FROM unnest($3::bytea[]) WITH ORDINALITY AS seeded(payload, position)
+            ORDER BY position
+            """,
+            batch_id,
+            tenant,
+            list(payloads),
+        )
+    finally:
+        sql.execute("SET session_replication_role = DEFAULT")
 
 
 def wait_until_idle(sql: Sql, timeout: float = 60.0) -> None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import http.client
-import os
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench import postgres
@@ -235,31 +233,6 @@ def _multipart_body(boundary: str, parts: list[tuple[str, bytes]]) -> bytes:
     return b"".join(chunks)
 
 
-def _fsync_writes_per_second(folder: Path, threads: int, seconds: float, size: int) -> float:
-    """Measure how many `size`-byte files `threads` threads can write, fsync and rename into
-    place per second: the file work the blob store does for each uploaded record."""
-    folder.mkdir(parents=True, exist_ok=True)
-    payload = os.urandom(size)
-    deadline = time.monotonic() + seconds
-    counts = [0] * threads
-
-    def write_files(index: int) -> None:
-        while time.monotonic() < deadline:
-            name = uuid.uuid4().hex
-            temporary = folder / f"{name}.part"
-            with temporary.open("wb") as file:
-                file.write(payload)
-                file.flush()
-                os.fsync(file.fileno())
-            temporary.replace(folder / name)
-            counts[index] += 1
-
-    started = time.monotonic()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(write_files, range(threads)))
-    return sum(counts) / (time.monotonic() - started)
-
-
 def upload_records(context: Context) -> list[Row]:
     """CreateBatchRecords with 1 KiB XML records, many per request, into open batches."""
     sizes = context.sizes
@@ -279,8 +252,8 @@ def upload_records(context: Context) -> list[Row]:
     )
     body_file = context.folder / "upload-body.bin"
     body_file.write_bytes(body)
-    results, references, ratios, errors = [], [], [], 0
-    for run in range(sizes.runs):
+    results, errors = [], 0
+    for _ in range(sizes.runs):
         result = run_wrk(
             context.url(),
             "create_batch_records.lua",
@@ -295,19 +268,9 @@ def upload_records(context: Context) -> list[Row]:
                 f"{result.requests} uploads succeeded but only {stored} records are stored"
             )
         sql.execute("TRUNCATE batch_records, record_log_entries")
-        reference = _fsync_writes_per_second(
-            context.blob_root / f"fsync-probe-{run}",
-            sizes.upload_connections,
-            min(sizes.load_seconds, 3),
-            sizes.upload_record_bytes,
-        )
-        records_per_second = result.throughput * sizes.records_per_request
-        results.append((records_per_second, result))
-        references.append(reference)
-        ratios.append(records_per_second / reference)
+        results.append((result.throughput * sizes.records_per_request, result))
         errors += result.errors
     throughput = median([value for value, _ in results])
-    reference = median(references)
     return [
         Row(
             scenario=(
@@ -318,9 +281,9 @@ def upload_records(context: Context) -> list[Row]:
             unit="records/s",
             p50_ms=median([result.p50_ms for _, result in results]),
             p99_ms=median([result.p99_ms for _, result in results]),
-            reference=reference,
-            reference_label=f"fsync'd 1 KiB files {reference:,.0f}/s",
-            ratio=median(ratios),
+            reference=None,
+            reference_label="-",
+            ratio=None,
             target=">= 5,000 records/s",
             passed=throughput is not None and throughput >= 5_000 and errors == 0,
             errors=errors,
@@ -422,7 +385,7 @@ def _wait_for_log(path: Path, text: str, count: int, timeout: float) -> None:
 
 
 def _process_batch_with_workers(
-    context: Context, worker_count: int, batch_id: int, blob_prefix: str, label: str
+    context: Context, worker_count: int, batch_id: int, payloads: list[bytes], label: str
 ) -> tuple[float, int]:
     """Seed a batch, start the workers, close it through the API and time it to Completed.
 
@@ -432,9 +395,7 @@ def _process_batch_with_workers(
     sql = context.db()
     records = sizes.worker_records
     postgres.seed_batches(sql, context.tenant, context.batch_type_id, batch_id, 1, records)
-    postgres.seed_records(
-        sql, context.tenant, batch_id, records, sizes.worker_record_bytes, blob_prefix
-    )
+    postgres.seed_inline_records(sql, context.tenant, batch_id, payloads)
     sql.execute("VACUUM ANALYZE batch_records")
     workers = [context.start_worker(f"worker-{label}-{index}") for index in range(worker_count)]
     try:
@@ -461,32 +422,22 @@ def _process_batch_with_workers(
     return records / elapsed, records - int(row["completed_records"])
 
 
-def _write_worker_blobs(context: Context) -> str:
-    """Write the record payloads once; every worker batch's records point at these blobs."""
-    sizes = context.sizes
-    prefix = f"records/{context.tenant}/shared/"
-    folder = context.blob_root / prefix
-    folder.mkdir(parents=True, exist_ok=True)
-    for position in range(1, sizes.worker_records + 1):
-        (folder / postgres.record_blob_name(position)).write_bytes(
-            postgres.order_xml(position, sizes.worker_record_bytes)
-        )
-    return prefix
-
-
 def workers(context: Context) -> list[Row]:
     """Validate a batch of 2 KiB XML records against the XSD with one and then two workers."""
     sizes = context.sizes
     postgres.reset_hot_tables(context.db())
-    prefix = _write_worker_blobs(context)
+    payloads = [
+        postgres.order_xml(position, sizes.worker_record_bytes)
+        for position in range(1, sizes.worker_records + 1)
+    ]
     one, two, ratios, errors = [], [], [], 0
     batch_id = 1
     for run in range(sizes.runs):
         rate_one, missing_one = _process_batch_with_workers(
-            context, 1, batch_id, prefix, f"{run}-one"
+            context, 1, batch_id, payloads, f"{run}-one"
         )
         rate_two, missing_two = _process_batch_with_workers(
-            context, 2, batch_id + 1, prefix, f"{run}-two"
+            context, 2, batch_id + 1, payloads, f"{run}-two"
         )
         batch_id += 2
         one.append(rate_one)

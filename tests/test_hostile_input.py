@@ -444,7 +444,10 @@ def _configuration_with_schema(schema_base64: str, **overrides: Any) -> dict[str
 async def _api_with_record_limit(
     settings: Settings, tokens: TokenFactory, tenant: uuid.UUID, limit: int
 ) -> AsyncIterator[Api]:
-    limited = Settings(**{**settings.model_dump(), "max_record_bytes": limit})
+    # Every payload goes to the blob store, so that the test sees what a rejected upload leaves.
+    limited = Settings(
+        **{**settings.model_dump(), "max_record_bytes": limit, "inline_payload_max_bytes": 0}
+    )
     application = create_app(limited)
     async with application.router.lifespan_context(application):
         transport = ASGITransport(app=application)
@@ -491,3 +494,29 @@ async def test_record_over_limit_rejected(
         assert at_limit.status_code == 200, at_limit.text
         assert (await api.get_batch(batch))["totalRecords"] == 1
         assert len(_stored_files(settings)) == len(files_before) + 1
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../outside",
+        "records/../../outside",
+        "/etc/passwd",
+        "records//a",
+        "records/./a",
+        "a\\b",
+        "a\x00b",
+        "",
+    ],
+)
+def test_blob_key_escape_rejected(tmp_path: Path, key: str) -> None:
+    store = FileBlobStore(tmp_path / "blobs")
+    with pytest.raises(ValueError, match="blob key"):
+        store.new_writer(key)
+    with pytest.raises(ValueError, match="blob key"):
+        store.open_for_reading(key)
+
+
+def test_blob_key_nested_accepted(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path / "blobs")
+    assert store.new_writer("records/tenant/batch/abc").key == "records/tenant/batch/abc"

@@ -9,6 +9,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from sqlalchemy import func, select
 
 from docbatch.app import create_app
 from docbatch.core.settings import Settings
+from docbatch.services import records as record_service
 from docbatch.storage.blobs import open_blob_store
 from docbatch.store.database import Database
 from docbatch.store.models import BatchRecord
@@ -173,7 +175,38 @@ async def limited(
 # --- CreateBatchRecord ------------------------------------------------------------------------
 
 
-async def test_create_record(api: Api, settings: Settings) -> None:
+async def _stored_payloads(
+    app: FastAPI, record_ids: list[int]
+) -> list[tuple[str | None, bytes | None]]:
+    """Return each record's blob key and inline payload, in the order of `record_ids`."""
+    async with _database(app).read() as session:
+        rows = await session.execute(
+            select(BatchRecord.id, BatchRecord.blob_key, BatchRecord.payload).where(
+                BatchRecord.id.in_(record_ids)
+            )
+        )
+        found = {int(row[0]): (row[1], row[2]) for row in rows}
+    return [found[record_id] for record_id in record_ids]
+
+
+def _large_order(size: int) -> bytes:
+    """A valid order of exactly `size` bytes, padded with a comment."""
+    head = valid_order(5).replace(b"</order>", b"<!--")
+    tail = b"--></order>\n"
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+@asynccontextmanager
+async def _api_with(settings: Settings, api: Api, **overrides: Any) -> AsyncIterator[Api]:
+    """Yield a client of a second app with `overrides` on the test's database and blob folder."""
+    application = create_app(settings.model_copy(update=overrides))
+    async with application.router.lifespan_context(application):
+        transport = ASGITransport(app=application)
+        async with AsyncClient(transport=transport, base_url="http://docbatch.test") as http:
+            yield Api(http, api.tenant, api.token)
+
+
+async def test_create_record(api: Api, app: FastAPI, settings: Settings) -> None:
     batch_guid = await api.create_batch(await api.insert_batch_type())
     ids = _ids(await _create_record(api, batch_guid, valid_order(1)))
     assert len(ids) == 1
@@ -184,15 +217,46 @@ async def test_create_record(api: Api, settings: Settings) -> None:
     batch = await api.get_batch(batch_guid)
     assert batch["totalRecords"] == 1
     assert batch["hasData"] is True
-    assert len(_blob_files(settings)) == 1
+    assert await _stored_payloads(app, ids) == [(None, valid_order(1))]
+    assert _blob_files(settings) == set()
 
 
-async def test_create_record_payload_stored(api: Api, settings: Settings) -> None:
+async def test_create_record_payload_stored(api: Api, app: FastAPI, settings: Settings) -> None:
     batch_guid = await api.create_batch(await api.insert_batch_type())
-    _ids(await _create_record(api, batch_guid, valid_order(5)))
+    payload = _large_order(settings.inline_payload_max_bytes + 1)
+    ids = _ids(await _create_record(api, batch_guid, payload))
     root = Path(settings.storage_url.removeprefix("file://"))
     [stored] = _blob_files(settings)
-    assert (root / stored).read_bytes() == valid_order(5)
+    assert (root / stored).read_bytes() == payload
+    assert await _stored_payloads(app, ids) == [(stored, None)]
+
+
+async def test_inline_limit_boundary(api: Api, app: FastAPI, settings: Settings) -> None:
+    limit = 1000
+    batch_guid = await api.create_batch(await api.insert_batch_type())
+    at_limit, over_limit = _large_order(limit), _large_order(limit + 1)
+    async with _api_with(settings, api, inline_payload_max_bytes=limit) as small_api:
+        ids = await small_api.upload_ok(batch_guid, [at_limit, over_limit])
+    stored = await _stored_payloads(app, ids)
+    [blob_file] = _blob_files(settings)
+    assert stored[0] == (None, at_limit)
+    assert stored[1] == (blob_file, None)
+
+
+async def test_inline_bytes_per_upload_capped(
+    api: Api, app: FastAPI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once an upload holds the cap in memory, its further payloads go to the blob store."""
+    monkeypatch.setattr(record_service, "INLINE_BYTES_PER_UPLOAD", 2 * 1000)
+    batch_guid = await api.create_batch(await api.insert_batch_type())
+    payloads = [_large_order(1000 - number) for number in range(4)]
+    async with _api_with(settings, api, inline_payload_max_bytes=1000) as small_api:
+        ids = await small_api.upload_ok(batch_guid, payloads)
+    stored = await _stored_payloads(app, ids)
+    inline = [payload for _, payload in stored]
+    assert inline[:2] == payloads[:2]
+    assert inline[2:] == [None, None]
+    assert len(_blob_files(settings)) == 2
 
 
 @pytest.mark.parametrize(
@@ -582,7 +646,8 @@ async def test_create_record_blob_store_down(
         transport = ASGITransport(app=application)
         async with AsyncClient(transport=transport, base_url="http://docbatch.test") as http:
             broken_api = Api(http, tenant, tokens.for_tenant(tenant))
-            response = await _create_record(broken_api, batch_guid, valid_order(1))
+            payload = _large_order(settings.inline_payload_max_bytes + 1)
+            response = await _create_record(broken_api, batch_guid, payload)
     assert_envelope_error(response, 503)
     assert response.headers["retry-after"]
     batch = await api.get_batch(batch_guid)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from docbatch.core.settings import Settings
 from docbatch.core.timefmt import utcnow
@@ -364,20 +364,22 @@ async def test_infrastructure_error_retries_then_fails(api: Api, settings: Setti
     batch = await api.create_batch(await api.insert_batch_type())
     ids = await api.upload_ok(batch, [valid_order(number) for number in range(1, 31)])
     broken_id = ids[24]
+    store = open_blob_store(settings.storage_url)
+    assert isinstance(store, FileBlobStore)
+    blob_key = f"records/broken-{broken_id}"
+    blob_path = store.root / blob_key
+    # A directory where the payload file should be: every read fails with IsADirectoryError.
+    blob_path.mkdir(parents=True)
     database = Database(settings)
     try:
-        async with database.read() as session:
-            blob_key = await session.scalar(
-                select(BatchRecord.blob_key).where(BatchRecord.id == broken_id)
+        async with database.transaction() as session:
+            await session.execute(
+                update(BatchRecord)
+                .where(BatchRecord.id == broken_id)
+                .values(blob_key=blob_key, payload=None)
             )
     finally:
         await database.dispose()
-    store = open_blob_store(settings.storage_url)
-    assert isinstance(store, FileBlobStore)
-    blob_path = store.root / str(blob_key)
-    # A directory where the payload file should be: every read fails with IsADirectoryError.
-    blob_path.unlink()
-    blob_path.mkdir()
     assert (await api.complete(batch)).status_code == 200
 
     snapshots: list[tuple[str, int, datetime, datetime]] = []

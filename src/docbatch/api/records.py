@@ -38,7 +38,7 @@ from docbatch.core.errors import (
     UnsupportedMediaTypeError,
 )
 from docbatch.services import records as service
-from docbatch.storage.blobs import BlobWriter
+from docbatch.services.records import RecordPayload
 
 router = APIRouter(prefix="/api/DocBatch", tags=["Records"])
 
@@ -84,7 +84,7 @@ class _FormReader:
         self._max_metadata = max_metadata
         self._max_records = max_records
         self._single = single
-        self._writer: BlobWriter | None = None
+        self._writer: RecordPayload | None = None
         self._in_metadata = False
 
     async def consume(self, request: Request, boundary: bytes) -> None:

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(default=64 * 1024, gt=0)
     max_schema_bytes: int = Field(default=16 * MIB, gt=0)
     max_records_per_request: int = Field(default=10_000, gt=0)
+    # Payloads up to this size are stored in the record's database row, not as blob files.
+    inline_payload_max_bytes: int = Field(default=64 * 1024, ge=0)
     # A JSON body carries the schema in base64, a third larger than the schema itself.
     max_json_body_bytes: int = Field(default=24 * MIB, gt=0)
 

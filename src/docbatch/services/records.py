@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,6 +26,9 @@ logger = structlog.get_logger(__name__)
 
 # Payloads of one upload published at the same time.
 _PARALLEL_PUBLISHES = 16
+# Inline payloads of one upload held in memory until its commit. Once an upload has buffered this
+# much, its further records go to the blob store whatever their size.
+INLINE_BYTES_PER_UPLOAD = 16 * 1024 * 1024
 
 
 def effective_record_status(record: BatchRecord, batch: Batch) -> str:
@@ -79,9 +82,43 @@ async def _enqueue_validation(
     )
 
 
+class RecordPayload:
+    """One record's payload as it streams in: held in memory while it fits `inline_limit`, then
+    moved into a blob writer that receives the rest."""
+
+    def __init__(self, inline_limit: int, open_blob: Callable[[], BlobWriter]) -> None:
+        self.size = 0
+        self._inline_limit = inline_limit
+        self._open_blob = open_blob
+        self._buffer = bytearray()
+        self.blob: BlobWriter | None = None
+
+    @property
+    def is_inline(self) -> bool:
+        return self.blob is None
+
+    @property
+    def inline(self) -> bytes | None:
+        """Return the payload bytes when the payload stays in memory, else None."""
+        return bytes(self._buffer) if self.blob is None else None
+
+    async def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.blob is None and self.size <= self._inline_limit:
+            self._buffer += chunk
+            return
+        if self.blob is None:
+            self.blob = self._open_blob()
+            buffered = bytes(self._buffer)
+            self._buffer = bytearray()
+            if buffered:
+                await self.blob.write(buffered)
+        await self.blob.write(chunk)
+
+
 class RecordUpload:
-    """One CreateBatchRecord(s) request: payloads stream into blobs, then one transaction
-    counts and inserts them, or nothing is kept.
+    """One CreateBatchRecord(s) request: payloads stream into memory or into blobs, then one
+    transaction counts and inserts them, or nothing is kept.
 
     Use `begin`, then `new_payload` per record, then `commit` or `abort`.
     """
@@ -99,7 +136,8 @@ class RecordUpload:
         self._scope = scope
         self._batch = batch
         self._settings = settings
-        self._writers: list[BlobWriter] = []
+        self._payloads: list[RecordPayload] = []
+        self._inline_bytes = 0
         self._file_names: list[str | None] = []
         self._published: list[str] = []
 
@@ -126,13 +164,25 @@ class RecordUpload:
 
     @property
     def record_count(self) -> int:
-        return len(self._writers)
+        return len(self._payloads)
 
-    def new_payload(self, file_name: str | None) -> BlobWriter:
-        writer = self._blobs.new_writer(record_blob_key(self._scope.guid, self._batch.guid))
-        self._writers.append(writer)
+    def new_payload(self, file_name: str | None) -> RecordPayload:
+        """Start the next record's payload; call it after the previous payload is complete."""
+        if self._payloads and self._payloads[-1].is_inline:
+            self._inline_bytes += self._payloads[-1].size
+        inline_limit = self._settings.inline_payload_max_bytes
+        if self._inline_bytes + inline_limit > INLINE_BYTES_PER_UPLOAD:
+            inline_limit = 0
+        payload = RecordPayload(inline_limit, self._new_blob_writer)
+        self._payloads.append(payload)
         self._file_names.append(file_name)
-        return writer
+        return payload
+
+    def _new_blob_writer(self) -> BlobWriter:
+        return self._blobs.new_writer(record_blob_key(self._scope.guid, self._batch.guid))
+
+    def _blob_writers(self) -> list[BlobWriter]:
+        return [payload.blob for payload in self._payloads if payload.blob is not None]
 
     async def commit(self, metadata: Sequence[str | None], ready_for_validation: bool) -> list[int]:
         """Publish the payloads and insert the records in one transaction; return their ids.
@@ -152,14 +202,16 @@ class RecordUpload:
             tenant=str(self._scope.guid),
             records=len(ids),
             first_record_id=ids[0] if ids else None,
-            payload_bytes=sum(writer.size for writer in self._writers),
+            payload_bytes=sum(payload.size for payload in self._payloads),
+            blob_payloads=len(self._blob_writers()),
         )
         return ids
 
     async def _publish_payloads(self) -> None:
         # Each publish waits for an fsync; running a group at once lets the disk overlap them.
-        for start in range(0, len(self._writers), _PARALLEL_PUBLISHES):
-            group = self._writers[start : start + _PARALLEL_PUBLISHES]
+        writers = self._blob_writers()
+        for start in range(0, len(writers), _PARALLEL_PUBLISHES):
+            group = writers[start : start + _PARALLEL_PUBLISHES]
             results = await asyncio.gather(
                 *(writer.commit() for writer in group), return_exceptions=True
             )
@@ -175,9 +227,15 @@ class RecordUpload:
     ) -> list[int]:
         now = utcnow()
         new_records = [
-            store.NewRecord(writer.key, writer.size, file_name, meta)
-            for writer, file_name, meta in zip(
-                self._writers, self._file_names, metadata, strict=True
+            store.NewRecord(
+                payload.blob.key if payload.blob is not None else None,
+                payload.inline,
+                payload.size,
+                file_name,
+                meta,
+            )
+            for payload, file_name, meta in zip(
+                self._payloads, self._file_names, metadata, strict=True
             )
         ]
         status = (
@@ -198,8 +256,8 @@ class RecordUpload:
         return ids
 
     async def abort(self) -> None:
-        """Delete every payload of this upload, published or not."""
-        for writer in self._writers:
+        """Delete every payload file of this upload, published or not."""
+        for writer in self._blob_writers():
             try:
                 await writer.abort()
                 if writer.key in self._published:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -174,6 +175,9 @@ class BatchRecord(Base):
     reference: Mapped[str | None] = mapped_column(String(400))
     status: Mapped[str] = mapped_column(String(24))
     blob_key: Mapped[str | None] = mapped_column(String(400))
+    # A small payload is stored here instead of under `blob_key`. It is loaded only when asked
+    # for, so that reading a record's status does not read its payload.
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     payload_bytes: Mapped[int] = mapped_column(BigInteger)
     file_name: Mapped[str | None] = mapped_column(String(400))
     meta_data: Mapped[str | None] = mapped_column(Text)

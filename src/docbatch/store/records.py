@@ -13,18 +13,30 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from docbatch.auth.principal import TenantScope
 from docbatch.store.models import BatchRecord, RecordLogEntry, RecordStatus
 
-# Bulk moves run as Core statements on the table: the ORM's bulk machinery would cost more per
-# statement than the database does.
+# Worker queries run as Core statements on the tables, which skip the ORM's per-statement work.
 _records = cast(Table, BatchRecord.__table__)
 _log_entries = cast(Table, RecordLogEntry.__table__)
 
 
 @dataclass(frozen=True, slots=True)
 class NewRecord:
-    blob_key: str
+    """A record to insert. Its payload is either stored in the row or in the blob store."""
+
+    blob_key: str | None
+    payload: bytes | None
     payload_bytes: int
     file_name: str | None
     meta_data: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordToProcess:
+    """A record of a worker's page, with its payload when the row stores it."""
+
+    id: int
+    status: str
+    blob_key: str | None
+    payload: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +62,7 @@ async def insert_records(
             "reference": None,
             "status": status.value,
             "blob_key": record.blob_key,
+            "payload": record.payload,
             "payload_bytes": record.payload_bytes,
             "file_name": record.file_name,
             "meta_data": record.meta_data,
@@ -116,19 +129,22 @@ async def list_records_to_process(
     after_id: int,
     last_id: int | None,
     limit: int,
-) -> list[BatchRecord]:
+) -> list[RecordToProcess]:
     """Return the next page of records in the given statuses, in id order."""
     conditions = [
-        BatchRecord.batch_id == batch_id,
-        BatchRecord.status.in_([status.value for status in statuses]),
-        BatchRecord.id > after_id,
+        _records.c.batch_id == batch_id,
+        _records.c.status.in_([status.value for status in statuses]),
+        _records.c.id > after_id,
     ]
     if last_id is not None:
-        conditions.append(BatchRecord.id <= last_id)
-    result = await session.scalars(
-        select(BatchRecord).where(*conditions).order_by(BatchRecord.id).limit(limit)
+        conditions.append(_records.c.id <= last_id)
+    result = await session.execute(
+        select(_records.c.id, _records.c.status, _records.c.blob_key, _records.c.payload)
+        .where(*conditions)
+        .order_by(_records.c.id)
+        .limit(limit)
     )
-    return list(result)
+    return [RecordToProcess(*row) for row in result]
 
 
 async def move_records(

@@ -268,7 +268,7 @@ class JobHandlers:
             # NOTE: generation from templates is not built yet, so a valid record is complete.
             complete_valid = finish and batch_type.configuration.get("templateGuid") is None
             pending = [
-                PendingRecord(record.id, record.blob_key)
+                PendingRecord(record.id, record.blob_key, record.payload)
                 for record in page
                 if record.status in _AWAITING_VALIDATION
             ]

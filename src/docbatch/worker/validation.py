@@ -24,6 +24,7 @@ _CACHE_SIZE = 64
 class PendingRecord:
     id: int
     blob_key: str | None
+    payload: bytes | None = None
 
 
 class ValidatorCache:
@@ -54,18 +55,27 @@ class ValidatorCache:
         return validator
 
 
-def _check_one(validator: RecordValidator, blobs: BlobStore, record: PendingRecord) -> RecordCheck:
+def _read_payload(blobs: BlobStore, record: PendingRecord) -> bytes | RecordCheck:
+    """Return the record's payload, or the failed check that reports it missing."""
+    if record.payload is not None:
+        return record.payload
     if record.blob_key is None:
         return RecordCheck(["the record's payload is no longer stored"])
     try:
         with blobs.open_for_reading(record.blob_key) as source:
-            payload = source.read()
+            return source.read()
     except FileNotFoundError:
         return RecordCheck(["the record's payload is missing from the blob store"])
     except OSError as error:
         raise InfrastructureError(
             f"reading the payload of record {record.id} (blob {record.blob_key}) failed: {error}"
         ) from error
+
+
+def _check_one(validator: RecordValidator, blobs: BlobStore, record: PendingRecord) -> RecordCheck:
+    payload = _read_payload(blobs, record)
+    if isinstance(payload, RecordCheck):
+        return payload
     try:
         return validator.check(payload)
     except RecursionError:
