@@ -254,6 +254,7 @@ def upload_records(context: Context) -> list[Row]:
     body_file.write_bytes(body)
     results, errors = [], 0
     for _ in range(sizes.runs):
+        cpu_before = cpu_seconds(context.service_pid())
         result = run_wrk(
             context.url(),
             "create_batch_records.lua",
@@ -261,6 +262,7 @@ def upload_records(context: Context) -> list[Row]:
             sizes.upload_connections,
             sizes.load_seconds,
         )
+        _report_cpu(context, "CreateBatchRecords", sizes.upload_connections, cpu_before, result)
         postgres.wait_until_idle(sql)
         stored = sql.fetchval("SELECT count(*) FROM batch_records")
         if result.errors == 0 and stored < result.requests * sizes.records_per_request:

@@ -74,10 +74,10 @@ async def insert_records(
         }
         for record in records
     ]
-    result = await session.scalars(
-        insert(BatchRecord).returning(BatchRecord.id, sort_by_parameter_order=True), rows
+    result = await session.execute(
+        insert(_records).returning(_records.c.id, sort_by_parameter_order=True), rows
     )
-    return list(result)
+    return list(result.scalars())
 
 
 async def get_record(
