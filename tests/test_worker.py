@@ -665,3 +665,22 @@ async def test_validate_ready_dedupe(api: Api, settings: Settings) -> None:
     assert after_later["totalRecords"] == 16
     assert (await api.get_record(batch, later[0]))["statusId"] == "Validated"
     assert len(ready_jobs) == 2
+
+
+async def test_idle_slot_wakes_on_pulse(settings: Settings) -> None:
+    """An idle slot looks for work as soon as another slot claims or finishes a job, rather than
+    after the poll interval."""
+    database = Database(settings)
+    worker = Worker(
+        _copy_settings(settings, worker_poll_seconds=600),
+        database,
+        open_blob_store(settings.storage_url),
+    )
+    try:
+        idle = asyncio.create_task(worker._idle(600))
+        await asyncio.sleep(0.05)
+        assert not idle.done()
+        worker._wake_idle_slots()
+        await asyncio.wait_for(idle, timeout=WAIT_SECONDS)
+    finally:
+        await database.dispose()

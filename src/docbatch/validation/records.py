@@ -28,6 +28,7 @@ from docbatch.validation.json import (
 )
 from docbatch.validation.reference import (
     ReferencePathError,
+    XPathCache,
     compile_xpath,
     parse_json_pointer,
     read_json_reference,
@@ -94,6 +95,13 @@ class XmlRecordValidator:
             self._per_thread.schema = schema
         return schema
 
+    def _xpath_cache(self) -> XPathCache:
+        cache: XPathCache | None = getattr(self._per_thread, "xpath_cache", None)
+        if cache is None:
+            cache = {}
+            self._per_thread.xpath_cache = cache
+        return cache
+
     def check(self, payload: bytes) -> RecordCheck:
         try:
             tree = parse_document(payload, max_depth=self._max_depth)
@@ -104,7 +112,7 @@ class XmlRecordValidator:
         reference = None
         if self._reference_path:
             try:
-                reference = read_xml_reference(self._reference_path, tree)
+                reference = read_xml_reference(self._reference_path, tree, self._xpath_cache())
             except ReferencePathError as error:
                 issues.append(str(error))
         return RecordCheck(issues, reference)

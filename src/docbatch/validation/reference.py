@@ -40,15 +40,31 @@ def compile_xpath(expression: str) -> etree.XPath:
     return compiled
 
 
-def read_xml_reference(expression: str, tree: etree._ElementTree) -> str | None:
+# Compiled reference paths by the namespace declarations they were compiled with.
+XPathCache = dict[tuple[tuple[str, str], ...], etree.XPath]
+_MAX_CACHED_NAMESPACE_SETS = 16
+
+
+def read_xml_reference(
+    expression: str, tree: etree._ElementTree, cache: XPathCache | None = None
+) -> str | None:
     """Evaluate with the namespace prefixes declared on the record's root element.
 
+    `cache` keeps the compiled expression for the next record with the same declarations. Give
+    each thread its own cache, as the validators do with schemas, so that no thread uses an XPath
+    object that another thread is evaluating.
     Raises `ReferencePathError` when the expression cannot be evaluated on this record.
     """
     root = tree.getroot()
     namespaces = {prefix: uri for prefix, uri in root.nsmap.items() if prefix}
+    key = tuple(sorted(namespaces.items()))
     try:
-        result: Any = root.xpath(expression, namespaces=namespaces)
+        evaluate = cache.get(key) if cache is not None else None
+        if evaluate is None:
+            evaluate = etree.XPath(expression, namespaces=namespaces)
+            if cache is not None and len(cache) < _MAX_CACHED_NAMESPACE_SETS:
+                cache[key] = evaluate
+        result: Any = evaluate(root)
     except etree.XPathError as error:
         raise ReferencePathError(
             f"the reference path '{expression}' failed on this record: {error}"

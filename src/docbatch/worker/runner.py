@@ -39,6 +39,8 @@ class Worker:
         self._handlers = JobHandlers(settings, database, blobs)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stopping = asyncio.Event()
+        # Pulsed when a slot claims or finishes a job, so that idle slots look for work at once.
+        self._work_may_be_waiting = asyncio.Event()
         self._slots: list[asyncio.Task[None]] = []
         self._lease = timedelta(seconds=settings.job_lease_seconds)
 
@@ -89,9 +91,29 @@ class Worker:
                 await self._sleep(delay)
                 continue
             if job is None:
-                await self._sleep(self._settings.worker_poll_seconds)
+                await self._idle(self._settings.worker_poll_seconds)
                 continue
+            # Where there was one job there may be more, and a finished job may have enqueued some.
+            self._wake_idle_slots()
             await self._run_job(job)
+            self._wake_idle_slots()
+
+    def _wake_idle_slots(self) -> None:
+        # Setting an asyncio event wakes every current waiter, even when it is cleared at once.
+        self._work_may_be_waiting.set()
+        self._work_may_be_waiting.clear()
+
+    async def _idle(self, seconds: float) -> None:
+        """Wait until the poll interval passes, another slot finds work or the worker stops."""
+        waits = [
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(self._work_may_be_waiting.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
