@@ -24,7 +24,8 @@ class Recording:
 
 
 def start_recording(py_spy: Path, context: Context, scenario: str, folder: Path) -> Recording:
-    """Start `py-spy record` on the service process; samples of idle threads are not kept."""
+    """Start `py-spy record` on the service and its worker processes; samples of idle threads
+    are not kept."""
     if context.service is None:
         raise RuntimeError("the service is not running")
     folder.mkdir(parents=True, exist_ok=True)
@@ -35,6 +36,7 @@ def start_recording(py_spy: Path, context: Context, scenario: str, folder: Path)
             "record",
             "--pid",
             str(context.service.pid),
+            "--subprocesses",
             "--rate",
             "250",
             "--format",
