@@ -145,8 +145,11 @@ class Context:
     def log_path(self, name: str) -> Path:
         return self.folder / f"{name}.log"
 
-    def start_service(self, name: str) -> processes.Started:
-        started = processes.start_service(self.environment, self.log_path(name), self.api_processes)
+    def start_service(self, name: str, api_processes: int | None = None) -> processes.Started:
+        """Start the API server with `api_processes` processes (default: the context's)."""
+        started = processes.start_service(
+            self.environment, self.log_path(name), api_processes or self.api_processes
+        )
         self._started.append(started)
         return started
 
@@ -156,7 +159,9 @@ class Context:
         return started
 
     def start_reference_app(self) -> processes.Started:
-        started = processes.start_reference_app(self.environment, self.log_path("reference"))
+        started = processes.start_reference_app(
+            self.environment, self.log_path("reference"), self.api_processes
+        )
         self._started.append(started)
         return started
 

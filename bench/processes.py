@@ -92,7 +92,7 @@ def start(
 
 
 def start_service(environment: Mapping[str, str], log: Path, api_processes: int = 1) -> Started:
-    """Start `docbatch serve --no-worker` on a free port of 127.0.0.1."""
+    """Start `docbatch serve --no-worker --workers API_PROCESSES` on a free port of 127.0.0.1."""
     port = free_port()
     command = [
         str(VENV_BIN / "docbatch"),
@@ -112,10 +112,21 @@ def start_worker(environment: Mapping[str, str], log: Path) -> Started:
     return start([str(VENV_BIN / "docbatch"), "worker"], environment, log)
 
 
-def start_reference_app(environment: Mapping[str, str], log: Path) -> Started:
-    """Start the minimal ASGI app of `bench.reference_app` under uvicorn on a free port."""
+def start_reference_app(
+    environment: Mapping[str, str], log: Path, api_processes: int = 1
+) -> Started:
+    """Start the minimal ASGI app of `bench.reference_app` under uvicorn on a free port, with
+    as many processes as the service."""
     port = free_port()
-    command = [sys.executable, "-m", "bench.reference_app", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.reference_app",
+        "--port",
+        str(port),
+        "--workers",
+        str(api_processes),
+    ]
     return start(command, environment, log, port)
 
 
@@ -134,3 +145,23 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     # utime and stime are fields 14 and 15 of /proc/PID/stat, counted in clock ticks.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """Return the CPU time of a process and its running descendants, in seconds.
+
+    Uvicorn with several workers runs them as children of a supervisor process, and the
+    supervisor's own utime and stime do not include the time of its running children.
+    """
+    total = cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue  # the thread exited while the folder was listed
+        for child in children:
+            try:
+                total += tree_cpu_seconds(int(child))
+            except FileNotFoundError:
+                continue  # the child exited between the listing and the read
+    return total

@@ -13,8 +13,16 @@ from bench.context import Context
 
 TOP_FUNCTIONS = 25
 # Leaf frames of threads that wait: idle thread-pool workers, and the event loop blocked in
-# uvloop's native poll, which py-spy attributes to the Python frame that entered the loop.
-IDLE_LEAF_PREFIXES = ("Condition.wait ", "Queue.get ", "Runner.run ")
+# uvloop's native poll, which py-spy attributes to the Python frame that entered the loop. With
+# several API processes, each uvicorn worker also has a thread blocked reading pings from the
+# supervisor (`Connection._recv`), and multiprocessing runs a resource tracker that waits too.
+IDLE_LEAF_PREFIXES = (
+    "Condition.wait ",
+    "Queue.get ",
+    "Runner.run ",
+    "Connection._recv (multiprocessing/",
+    "main (multiprocessing/resource_tracker.py",
+)
 
 
 @dataclass
@@ -24,7 +32,8 @@ class Recording:
 
 
 def start_recording(py_spy: Path, context: Context, scenario: str, folder: Path) -> Recording:
-    """Start `py-spy record` on the service process; samples of idle threads are not kept."""
+    """Start `py-spy record` on the service and its worker processes; samples of idle threads
+    are not kept."""
     if context.service is None:
         raise RuntimeError("the service is not running")
     folder.mkdir(parents=True, exist_ok=True)
@@ -35,6 +44,7 @@ def start_recording(py_spy: Path, context: Context, scenario: str, folder: Path)
             "record",
             "--pid",
             str(context.service.pid),
+            "--subprocesses",
             "--rate",
             "250",
             "--format",

@@ -22,10 +22,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from docbatch.core.settings import Settings
 
 _settings = Settings()
-# The same engine options as docbatch.store.database.Database on PostgreSQL.
+# The same engine options as docbatch.store.database.Database on PostgreSQL. Every uvicorn worker
+# process imports this module and so has its own engine.
 engine = create_async_engine(
     _settings.database_url,
-    pool_pre_ping=True,
+    pool_recycle=1800,
     pool_size=_settings.db_pool_size,
     max_overflow=_settings.db_max_overflow,
 )
@@ -70,11 +71,16 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Serve the GetBatch reference app.")
     parser.add_argument("--port", type=int, required=True, help="TCP port on 127.0.0.1")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="number of server processes (default: 1)"
+    )
     arguments = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    # The options `docbatch serve` passes to uvicorn.run for one process.
+    # The options `docbatch serve` passes to uvicorn.run. Several workers need the app as an
+    # import string, as `docbatch serve --workers` passes it.
     uvicorn.run(
-        app,
+        "bench.reference_app:app" if arguments.workers > 1 else app,
+        workers=arguments.workers,
         host="127.0.0.1",
         port=arguments.port,
         loop="uvloop",

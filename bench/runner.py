@@ -19,6 +19,7 @@ from bench.report import Row, format_table
 from bench.scenarios import SCENARIOS
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"
+DEFAULT_API_PROCESSES = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--load-seconds", type=float, help="duration of each wrk and pgbench load in seconds"
     )
     run.add_argument(
+        "--api-processes",
+        type=int,
+        default=DEFAULT_API_PROCESSES,
+        metavar="N",
+        help="processes of the API server (`docbatch serve --workers N`) and of the GetBatch "
+        "reference app; the 100 MiB upload scenario always uses one "
+        f"(default: {DEFAULT_API_PROCESSES})",
+    )
+    run.add_argument(
         "--py-spy",
         type=Path,
         metavar="PATH",
@@ -74,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(arguments: argparse.Namespace) -> int:
+    if arguments.api_processes < 1:
+        print(
+            f"bench: --api-processes is {arguments.api_processes}; it must be at least 1",
+            file=sys.stderr,
+        )
+        return 2
     missing = missing_tools()
     if missing:
         print(
@@ -97,6 +113,7 @@ def run(arguments: argparse.Namespace) -> int:
         database=f"bench_{os.getpid()}_{int(time.time())}",
         folder=folder,
         sizes=sizes,
+        api_processes=arguments.api_processes,
     )
     rows: list[Row] = []
     failures: list[str] = []
@@ -133,7 +150,7 @@ def run(arguments: argparse.Namespace) -> int:
     print(format_table(rows))
     print(
         f"\nruns per scenario: {sizes.runs}; load duration: {sizes.load_seconds:g} s; "
-        f"wall time: {time.monotonic() - started:.0f} s"
+        f"API processes: {arguments.api_processes}; wall time: {time.monotonic() - started:.0f} s"
     )
     if arguments.keep_folder:
         print(f"logs and blobs kept in {folder}")

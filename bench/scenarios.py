@@ -13,7 +13,7 @@ from bench import postgres
 from bench.context import Context
 from bench.load import WrkResult, run_pgbench, run_wrk
 from bench.postgres import batch_guid
-from bench.processes import cpu_seconds, memory_kib
+from bench.processes import memory_kib, tree_cpu_seconds
 from bench.report import Row, median
 
 PGBENCH_SCRIPT = Path(__file__).parent / "mark_upload_complete.pgbench"
@@ -23,8 +23,9 @@ MIB = 1024 * 1024
 def _report_cpu(
     context: Context, label: str, connections: int, cpu_before: float, result: WrkResult
 ) -> None:
-    """Print the service's CPU time per request and its share of one core during the load."""
-    used = cpu_seconds(context.service_pid()) - cpu_before
+    """Print the service's CPU time per request and its share of one core during the load, summed
+    over its processes."""
+    used = tree_cpu_seconds(context.service_pid()) - cpu_before
     print(
         f"bench: {label} c={connections}: {result.throughput:,.0f} req/s, service CPU "
         f"{1000 * used / max(result.requests, 1):.2f} ms per request, "
@@ -56,7 +57,7 @@ def mark_upload_complete(context: Context) -> list[Row]:
         service, reference, ratios, errors = [], [], [], 0
         for _ in range(sizes.runs):
             _seed_open_batches(context, sizes.open_batches)
-            cpu_before = cpu_seconds(context.service_pid())
+            cpu_before = tree_cpu_seconds(context.service_pid())
             result = run_wrk(
                 context.url(),
                 "mark_upload_complete.lua",
@@ -334,14 +335,18 @@ def _stream_large_record(
 
 def _large_record_memory(context: Context) -> Row:
     """Upload one large record to a freshly started server and compare its peak RSS (VmHWM)
-    after the upload with the peak when idle after a small warm-up upload."""
+    after the upload with the peak when idle after a small warm-up upload.
+
+    The server runs one process for any value of `--api-processes`, so that the process measured is
+    the one that handles the upload.
+    """
     sizes = context.sizes
     sql = context.db()
     growths, idles, errors = [], [], 0
     for run in range(sizes.runs):
         first_id = 10_000 + run * 2
         postgres.seed_batches(sql, context.tenant, context.batch_type_id, first_id, 2)
-        server = context.start_service(f"service-large-record-{run}")
+        server = context.start_service(f"service-large-record-{run}", api_processes=1)
         try:
             connection = context.connection(server)
             status = _stream_large_record(connection, context, batch_guid(first_id), 4096)
@@ -489,7 +494,7 @@ def get_batch(context: Context) -> list[Row]:
     service, references, ratios, errors = [], [], [], 0
     try:
         for _ in range(sizes.runs):
-            cpu_before = cpu_seconds(context.service_pid())
+            cpu_before = tree_cpu_seconds(context.service_pid())
             result = run_wrk(
                 context.url(),
                 "get_batch.lua",

@@ -85,9 +85,25 @@ def test_bench_smoke_reports_every_scenario() -> None:
     )
 
     assert completed.returncode == 0, completed.stderr[-5000:]
+    assert "API processes: 2;" in completed.stdout
     rows = _table_rows(completed.stdout)
     for label in EXPECTED_ROWS:
         matching = [name for name in rows if label in name]
         assert matching, f"no table row for {label!r} in:\n{completed.stdout}"
         errors = rows[matching[0]][8]
         assert errors == "0", f"row {matching[0]!r} reports {errors} errors"
+
+
+def test_bench_rejects_zero_processes() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--smoke", "--api-processes", "0"],
+        cwd=REPOSITORY,
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert completed.returncode == 2, completed.stderr
+    assert "--api-processes is 0; it must be at least 1" in completed.stderr

@@ -22,6 +22,7 @@ from docbatch.core.text import unstorable_character
 from docbatch.core.timefmt import format_timespan, format_timestamp, parse_timespan
 from docbatch.services.records import effective_record_status
 from docbatch.store import models
+from docbatch.store.batches import BatchView
 
 T = TypeVar("T")
 
@@ -137,7 +138,7 @@ class BatchOut(WireModel):
     batch_reference: str | None
 
     @classmethod
-    def from_model(cls, batch: models.Batch, batch_type: models.BatchType) -> BatchOut:
+    def from_model(cls, batch: models.Batch | BatchView, batch_type: models.BatchType) -> BatchOut:
         return cls(
             batch_guid=batch.guid,
             created_date=batch.created_at,

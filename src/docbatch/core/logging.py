@@ -11,7 +11,13 @@ from docbatch.core.settings import Settings
 
 
 def configure_logging(settings: Settings) -> None:
-    """Route structlog and the standard library's logging through one renderer."""
+    """Render structlog and the standard library's logging with one renderer to stderr.
+
+    structlog's own events are filtered by level and written by structlog directly. Passing each
+    one through a standard library LogRecord, handler and formatter took about four times the CPU
+    per JSON line (structlog 26.1, CPython 3.11). Libraries' standard library records go through a
+    `ProcessorFormatter` with the same processors, so both produce the same line format.
+    """
     use_json = settings.log_format == "json" or (
         settings.log_format == "auto" and not sys.stderr.isatty()
     )
@@ -26,12 +32,11 @@ def configure_logging(settings: Settings) -> None:
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[settings.log_level]
+        ),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(

@@ -12,9 +12,9 @@ import enum
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Table, and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,6 +30,15 @@ class JobKind(enum.StrEnum):
 
 class LeaseLostError(Exception):
     """The attempt no longer holds the job: its lease expired and another worker took it."""
+
+
+# Core inserts on the table, built once per dialect, because request transactions enqueue with a
+# dedupe key and an ORM statement rebuilt per call adds CPU work to each of those requests.
+_jobs = cast(Table, Job.__table__)
+_INSERT_JOB_UNLESS_WAITING = {
+    "postgresql": postgresql_insert(_jobs).on_conflict_do_nothing(index_elements=["dedupe_key"]),
+    "sqlite": sqlite_insert(_jobs).on_conflict_do_nothing(index_elements=["dedupe_key"]),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +86,8 @@ async def enqueue(
         await session.flush()
         return
     dialect = session.get_bind().dialect.name
-    statement_factory = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    statement = (
-        statement_factory(Job)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-    )
-    await session.execute(statement)
+    statement = _INSERT_JOB_UNLESS_WAITING["postgresql" if dialect == "postgresql" else "sqlite"]
+    await session.execute(statement, values)
 
 
 async def claim(

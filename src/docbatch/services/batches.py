@@ -14,6 +14,7 @@ from docbatch.core.timefmt import utcnow
 from docbatch.queue import jobs
 from docbatch.store import batch_types as batch_type_store
 from docbatch.store import batches as store
+from docbatch.store.batches import BatchView
 from docbatch.store.models import Batch, BatchStatus, BatchType
 
 logger = structlog.get_logger(__name__)
@@ -33,7 +34,9 @@ def process_batch_dedupe_key(batch_id: int) -> str:
     return f"process-batch:{batch_id}"
 
 
-async def enqueue_processing(session: AsyncSession, batch: Batch, settings: Settings) -> None:
+async def enqueue_processing(
+    session: AsyncSession, batch: Batch | BatchView, settings: Settings
+) -> None:
     """Enqueue the job that processes a `Queued` batch, in the caller's transaction."""
     now = utcnow()
     await jobs.enqueue(
@@ -78,11 +81,18 @@ async def _get(session: AsyncSession, scope: TenantScope, guid: uuid.UUID) -> Ba
     return batch
 
 
+async def _read(session: AsyncSession, scope: TenantScope, guid: uuid.UUID) -> BatchView:
+    batch = await store.read_batch(session, scope, guid)
+    if batch is None:
+        raise NotFoundError(f"Batch {guid} was not found in tenant {scope.guid}.")
+    return batch
+
+
 async def get_batch(
     session: AsyncSession, scope: TenantScope, guid: uuid.UUID
-) -> tuple[Batch, BatchType]:
+) -> tuple[BatchView, BatchType]:
     """Return the batch and its batch type; raise `NotFoundError` if the tenant lacks it."""
-    batch = await _get(session, scope, guid)
+    batch = await _read(session, scope, guid)
     return batch, await batch_type_store.get_batch_type_by_id(session, batch.batch_type_id)
 
 
@@ -92,7 +102,7 @@ async def mark_upload_complete(
     guid: uuid.UUID,
     expected_record_count: int | None,
     settings: Settings,
-) -> tuple[Batch, BatchType]:
+) -> tuple[BatchView, BatchType]:
     """Close a batch to new records.
 
     `Creating` becomes `AwaitingApproval` when the batch type requires approval, otherwise
@@ -116,7 +126,7 @@ async def mark_upload_complete(
         )
         return closed, await batch_type_store.get_batch_type_by_id(session, closed.batch_type_id)
 
-    batch = await _get(session, scope, guid)
+    batch = await _read(session, scope, guid)
     status = BatchStatus(batch.status)
     if status == BatchStatus.CREATING:
         raise ConflictError(

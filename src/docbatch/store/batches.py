@@ -3,13 +3,85 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import Row, Table, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from docbatch.auth.principal import TenantScope
 from docbatch.store.models import Batch, BatchRecord, BatchStatus, BatchType
+
+
+@dataclass(frozen=True, slots=True)
+class BatchView:
+    """The columns of a batch row that the API returns and the close path reads."""
+
+    id: int
+    guid: uuid.UUID
+    tenant_guid: uuid.UUID
+    batch_type_id: int
+    batch_reference: str | None
+    status: str
+    has_creation_completed: bool
+    total_records: int
+    completed_records: int
+    error_records: int
+    validated_records: int
+    failed_validated_records: int
+    has_data: bool
+    has_log_data: bool
+    has_document_data: bool
+    created_at: datetime
+    updated_at: datetime | None
+    completed_at: datetime | None
+    deleted_at: datetime | None
+
+
+# The hot paths below run Core statements on the table, built once here. So no ORM bulk-update or
+# loading machinery runs, and SQLAlchemy reuses each statement's memoized cache key.
+_batches = cast(Table, Batch.__table__)
+_VIEW_COLUMNS = [_batches.c[field.name] for field in fields(BatchView)]
+
+_READ_BATCH = select(*_VIEW_COLUMNS).where(
+    _batches.c.guid == bindparam("batch_guid"), _batches.c.tenant_guid == bindparam("scope_guid")
+)
+
+
+def _close_upload_statement(*, counted: bool) -> Any:
+    conditions = [
+        _batches.c.guid == bindparam("batch_guid"),
+        _batches.c.tenant_guid == bindparam("scope_guid"),
+        _batches.c.status == BatchStatus.CREATING.value,
+    ]
+    if counted:
+        conditions.append(_batches.c.total_records == bindparam("expected_record_count"))
+    return (
+        update(_batches)
+        .where(*conditions)
+        .values(
+            status=case(
+                (_batches.c.requires_approval, BatchStatus.AWAITING_APPROVAL.value),
+                else_=BatchStatus.QUEUED.value,
+            ),
+            has_creation_completed=True,
+            updated_at=bindparam("closed_at", type_=_batches.c.updated_at.type),
+        )
+        .returning(*_VIEW_COLUMNS)
+    )
+
+
+_CLOSE_UPLOAD = _close_upload_statement(counted=False)
+_CLOSE_UPLOAD_COUNTED = _close_upload_statement(counted=True)
+
+
+def _view(row: Row[Any] | None) -> BatchView | None:
+    if row is None:
+        return None
+    # The statements return `_VIEW_COLUMNS`, which are in the order of BatchView's fields.
+    values: Any = row
+    return BatchView(*values)
 
 
 async def insert_batch(
@@ -52,40 +124,34 @@ async def get_batch(session: AsyncSession, scope: TenantScope, guid: uuid.UUID) 
     )
 
 
+async def read_batch(
+    session: AsyncSession, scope: TenantScope, guid: uuid.UUID
+) -> BatchView | None:
+    """Read the columns of a batch that the API returns, without loading an ORM object."""
+    result = await session.execute(_READ_BATCH, {"batch_guid": guid, "scope_guid": scope.guid})
+    return _view(result.first())
+
+
 async def close_upload(
     session: AsyncSession,
     scope: TenantScope,
     guid: uuid.UUID,
     expected_record_count: int | None,
     now: datetime,
-) -> Batch | None:
+) -> BatchView | None:
     """Move an open batch to `Queued` or `AwaitingApproval`; return it, or None if it was not
     `Creating` (or its record count differs from `expected_record_count`).
 
     Records stored as `Creating` are not rewritten: in a closed batch they count as ready.
     """
-    conditions = [
-        Batch.guid == guid,
-        Batch.tenant_guid == scope.guid,
-        Batch.status == BatchStatus.CREATING.value,
-    ]
+    # UPDATE reserves bind names equal to column names, so these differ from the columns.
+    parameters: dict[str, Any] = {"batch_guid": guid, "scope_guid": scope.guid, "closed_at": now}
+    statement = _CLOSE_UPLOAD
     if expected_record_count is not None:
-        conditions.append(Batch.total_records == expected_record_count)
-    statement = (
-        update(Batch)
-        .where(*conditions)
-        .values(
-            status=case(
-                (Batch.requires_approval, BatchStatus.AWAITING_APPROVAL.value),
-                else_=BatchStatus.QUEUED.value,
-            ),
-            has_creation_completed=True,
-            updated_at=now,
-        )
-        .returning(Batch)
-        .execution_options(populate_existing=True, synchronize_session=False)
-    )
-    return await session.scalar(statement)
+        parameters["expected_record_count"] = expected_record_count
+        statement = _CLOSE_UPLOAD_COUNTED
+    result = await session.execute(statement, parameters)
+    return _view(result.first())
 
 
 async def transition(

@@ -43,6 +43,12 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine, settings.sqlite_busy_timeout_ms)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        # Sessions on the same pool whose connections run each statement in autocommit mode.
+        self._autocommit_sessions = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+            expire_on_commit=False,
+            autoflush=False,
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -58,6 +64,22 @@ class Database:
         async with self._sessions() as session, session.begin():
             if self.is_sqlite:
                 await session.connection(execution_options={_SQLITE_BEGIN: "DEFERRED"})
+            yield session
+
+    @asynccontextmanager
+    async def read_without_transaction(self) -> AsyncIterator[AsyncSession]:
+        """Open a session for reads that each stand alone, such as one SELECT by key.
+
+        On PostgreSQL every statement runs in autocommit mode, which saves the BEGIN and COMMIT
+        round trips of `read`. At PostgreSQL's default READ COMMITTED level each statement takes
+        its own snapshot inside a transaction too, so a caller that needs several statements to
+        agree must still use `read`. On SQLite this is `read`, so the read begins DEFERRED.
+        """
+        if self.is_sqlite:
+            async with self.read() as session:
+                yield session
+            return
+        async with self._autocommit_sessions() as session:
             yield session
 
     async def dispose(self) -> None:
