@@ -6,13 +6,17 @@ import asyncio
 import base64
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
-from httpx import AsyncClient, Response
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient, Response
 
+from docbatch.app import create_app
 from docbatch.core.settings import Settings
 from docbatch.core.timefmt import utcnow
 from docbatch.storage.blobs import open_blob_store
@@ -240,3 +244,16 @@ async def run_worker_until(
     finally:
         await worker.stop()
         await database.dispose()
+
+
+@asynccontextmanager
+async def api_with_settings(
+    settings: Settings, api: Api, **overrides: Any
+) -> AsyncIterator[tuple[Api, FastAPI]]:
+    """Yield a second app with `overrides` on the test's database and blob folder, and a client
+    of it that acts as the same client and tenant as `api`."""
+    application = create_app(settings.model_copy(update=overrides))
+    async with application.router.lifespan_context(application):
+        transport = ASGITransport(app=application)
+        async with AsyncClient(transport=transport, base_url="http://docbatch.test") as http:
+            yield Api(http, api.tenant, api.token), application

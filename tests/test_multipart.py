@@ -113,12 +113,26 @@ async def test_truncated_body_rejected() -> None:
         (b"--" + BOUNDARY + b"\r\nBroken header line\r\n\r\n", "is not 'Name: value'"),
         (b"--" + BOUNDARY + b"\r\nX-Long: " + b"a" * 20_000, "headers are longer"),
         (b"--" + BOUNDARY + b" " * 2000, "does not end with CRLF"),
+        (b"--" + BOUNDARY + b"\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n", "headers are longer"),
+        (b"--" + BOUNDARY + b" " * 2000 + b"\r\n", "does not end with CRLF"),
+        (b"--" + BOUNDARY + b"\r\nX-A: b\rX-C: d\r\n\r\n", "is not 'Name: value'"),
     ],
-    ids=["no-boundary", "boundary-suffix", "header-colon", "header-size", "boundary-line"],
+    ids=[
+        "no-boundary",
+        "boundary-suffix",
+        "header-colon",
+        "header-size",
+        "boundary-line",
+        "complete-header-size",
+        "complete-boundary-line",
+        "bare-carriage-return",
+    ],
 )
-async def test_malformed_body_rejected(body: bytes, message: str) -> None:
+@pytest.mark.parametrize("chunk_size", [1000, 1_000_000], ids=["chunks", "one-chunk"])
+async def test_malformed_body_rejected(body: bytes, message: str, chunk_size: int) -> None:
+    """A limit holds however the body is split into chunks."""
     with pytest.raises(InvalidRequestError, match=message):
-        await _read(body, [1000] * (len(body) // 1000 + 1))
+        await _read(body, [chunk_size] * (len(body) // chunk_size + 1))
 
 
 async def test_transport_padding_accepted() -> None:

@@ -9,7 +9,6 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from docbatch.worker.runner import Worker
 from tests.support import (
     Api,
     TokenFactory,
+    api_with_settings,
     assert_envelope_error,
     invalid_order,
     run_worker_until,
@@ -196,16 +196,6 @@ def _large_order(size: int) -> bytes:
     return head + b"x" * (size - len(head) - len(tail)) + tail
 
 
-@asynccontextmanager
-async def _api_with(settings: Settings, api: Api, **overrides: Any) -> AsyncIterator[Api]:
-    """Yield a client of a second app with `overrides` on the test's database and blob folder."""
-    application = create_app(settings.model_copy(update=overrides))
-    async with application.router.lifespan_context(application):
-        transport = ASGITransport(app=application)
-        async with AsyncClient(transport=transport, base_url="http://docbatch.test") as http:
-            yield Api(http, api.tenant, api.token)
-
-
 async def test_create_record(api: Api, app: FastAPI, settings: Settings) -> None:
     batch_guid = await api.create_batch(await api.insert_batch_type())
     ids = _ids(await _create_record(api, batch_guid, valid_order(1)))
@@ -235,12 +225,33 @@ async def test_inline_limit_boundary(api: Api, app: FastAPI, settings: Settings)
     limit = 1000
     batch_guid = await api.create_batch(await api.insert_batch_type())
     at_limit, over_limit = _large_order(limit), _large_order(limit + 1)
-    async with _api_with(settings, api, inline_payload_max_bytes=limit) as small_api:
+    async with api_with_settings(settings, api, inline_payload_max_bytes=limit) as (small_api, _):
         ids = await small_api.upload_ok(batch_guid, [at_limit, over_limit])
     stored = await _stored_payloads(app, ids)
     [blob_file] = _blob_files(settings)
     assert stored[0] == (None, at_limit)
     assert stored[1] == (blob_file, None)
+
+
+async def test_inline_memory_shared_by_uploads(api: Api, settings: Settings) -> None:
+    """Inline payloads reserve memory from one budget per process; a payload that finds the
+    budget spent goes to the blob store, and every upload gives its reservation back."""
+    batch_guid = await api.create_batch(await api.insert_batch_type())
+    payloads = [_large_order(400 + number) for number in range(3)]
+    overrides = {"inline_payload_max_bytes": 1000, "inline_payload_memory_bytes": 1000}
+    async with api_with_settings(settings, api, **overrides) as (small_api, application):
+        budget = application.state.docbatch.inline_budget
+        ids = await small_api.upload_ok(batch_guid, payloads)
+        available_after_upload = budget.available
+        rejected = await small_api.upload(batch_guid, [payloads[0], b""])
+        available_after_rejection = budget.available
+        stored = await _stored_payloads(application, ids)
+
+    assert [payload for _, payload in stored] == [payloads[0], None, None]
+    assert len(_blob_files(settings)) == 2
+    assert rejected.status_code == 400
+    assert available_after_upload == 1000
+    assert available_after_rejection == 1000
 
 
 async def test_inline_bytes_per_upload_capped(
@@ -250,7 +261,7 @@ async def test_inline_bytes_per_upload_capped(
     monkeypatch.setattr(record_service, "INLINE_BYTES_PER_UPLOAD", 2 * 1000)
     batch_guid = await api.create_batch(await api.insert_batch_type())
     payloads = [_large_order(1000 - number) for number in range(4)]
-    async with _api_with(settings, api, inline_payload_max_bytes=1000) as small_api:
+    async with api_with_settings(settings, api, inline_payload_max_bytes=1000) as (small_api, _):
         ids = await small_api.upload_ok(batch_guid, payloads)
     stored = await _stored_payloads(app, ids)
     inline = [payload for _, payload in stored]

@@ -25,7 +25,13 @@ from docbatch.storage.blobs import FileBlobStore, open_blob_store
 from docbatch.store.database import Database
 from docbatch.store.models import Batch, BatchRecord, Job, RecordStatus
 from docbatch.store.records import NewRecord, insert_records
-from tests.support import Api, assert_envelope_error, run_worker_until, valid_order
+from tests.support import (
+    Api,
+    api_with_settings,
+    assert_envelope_error,
+    run_worker_until,
+    valid_order,
+)
 
 CONCURRENT_CALLS = 50
 
@@ -69,6 +75,21 @@ async def _record_ids_of(settings: Settings, batch_guid: str) -> set[int]:
                 select(BatchRecord.id).where(BatchRecord.batch_id == batch_id)
             )
             return set(rows)
+    finally:
+        await database.dispose()
+
+
+async def _inline_payload_count(settings: Settings, batch_guid: str) -> int:
+    batch_id = await _batch_id(settings, batch_guid)
+    database = Database(settings)
+    try:
+        async with database.read() as session:
+            count = await session.scalar(
+                select(func.count()).where(
+                    BatchRecord.batch_id == batch_id, BatchRecord.payload.is_not(None)
+                )
+            )
+            return int(count or 0)
     finally:
         await database.dispose()
 
@@ -130,17 +151,25 @@ async def test_concurrent_approve_makes_one_job(api: Api, settings: Settings) ->
     assert [job.kind for job in created_jobs] == ["process_batch"]
 
 
-async def test_close_racing_uploads(api: Api, settings: Settings) -> None:
-    """Every upload either counts in the closed batch or is rejected with nothing stored."""
+@pytest.mark.parametrize("inline_limit", [65_536, 0], ids=["inline", "blob-files"])
+async def test_close_racing_uploads(api: Api, settings: Settings, inline_limit: int) -> None:
+    """Every upload either counts in the closed batch or is rejected with nothing stored, with
+    payloads in the record rows or in blob files."""
     batch = await api.create_batch(await api.insert_batch_type())
-    uploads = [
-        asyncio.create_task(api.upload(batch, [valid_order(upload * 10 + n) for n in range(4)]))
-        for upload in range(30)
-    ]
-    # Close while most uploads are still streaming or committing.
-    await asyncio.wait(uploads, return_when=asyncio.FIRST_COMPLETED)
-    close = await api.complete(batch)
-    responses = await asyncio.gather(*uploads)
+    async with api_with_settings(settings, api, inline_payload_max_bytes=inline_limit) as (
+        uploader,
+        _,
+    ):
+        uploads = [
+            asyncio.create_task(
+                uploader.upload(batch, [valid_order(upload * 100 + n) for n in range(20)])
+            )
+            for upload in range(60)
+        ]
+        # Close while most uploads are still streaming or committing.
+        await asyncio.wait(uploads, return_when=asyncio.FIRST_COMPLETED)
+        close = await uploader.complete(batch)
+        responses = await asyncio.gather(*uploads)
 
     assert close.status_code == 200, close.text
     statuses = [response.status_code for response in responses]
@@ -158,7 +187,9 @@ async def test_close_racing_uploads(api: Api, settings: Settings) -> None:
     closed_total = close.json()["result"]["totalRecords"]
     assert closed_total == len(accepted_ids)
     assert await _record_ids_of(settings, batch) == accepted_ids
-    assert len(_blob_files(settings, api.tenant, batch)) == len(accepted_ids)
+    expected_files = 0 if inline_limit else len(accepted_ids)
+    assert len(_blob_files(settings, api.tenant, batch)) == expected_files
+    assert await _inline_payload_count(settings, batch) == len(accepted_ids) - expected_files
     assert _incoming_files(settings) == []
 
     final = await run_worker_until(api, settings, batch)
@@ -265,7 +296,7 @@ async def _add_stored_records(settings: Settings, api: Api, batch_guid: str, cou
     database = Database(settings)
     now = utcnow()
     records = [
-        NewRecord(f"records/{api.tenant}/{batch_guid}/bulk-{n}", 100, None, None)
+        NewRecord(f"records/{api.tenant}/{batch_guid}/bulk-{n}", None, 100, None, None)
         for n in range(count)
     ]
     try:

@@ -19,6 +19,7 @@ from docbatch.auth.keys import load_or_create_signing_key
 from docbatch.auth.tokens import JwksKeyResolver, LocalKeyResolver, TokenIssuer, TokenVerifier
 from docbatch.core.logging import configure_logging
 from docbatch.core.settings import Settings
+from docbatch.services.records import InlinePayloadBudget
 from docbatch.storage.blobs import open_blob_store
 from docbatch.store.database import Database
 from docbatch.worker.runner import Worker
@@ -71,7 +72,12 @@ def build_state(settings: Settings) -> AppState:
             tenants_claim=settings.tenants_claim,
         )
     return AppState(
-        settings=settings, database=database, blobs=blobs, verifier=verifier, issuer=issuer
+        settings=settings,
+        database=database,
+        blobs=blobs,
+        verifier=verifier,
+        issuer=issuer,
+        inline_budget=InlinePayloadBudget(settings.inline_payload_memory_bytes),
     )
 
 

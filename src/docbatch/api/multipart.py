@@ -68,7 +68,12 @@ def _part_start(header_block: bytes) -> PartStart:
     for line in header_block.split(b"\r\n") if header_block else []:
         header_name, colon, value = line.partition(b":")
         header_name = header_name.strip()
-        if not colon or not header_name or b" " in header_name or b"\t" in header_name:
+        if (
+            not colon
+            or not header_name
+            or any(character in line for character in (b"\r", b"\n"))
+            or any(character in header_name for character in (b" ", b"\t"))
+        ):
             raise _malformed(f"the part header line {line[:100]!r} is not 'Name: value'")
         headers[header_name.lower()] = value.strip()
     disposition, options = parse_options_header(headers.get(b"content-disposition"))
@@ -138,7 +143,7 @@ class _PartReader:
                 self._state = _EPILOGUE
                 buffer.clear()
                 return False
-            line_end = buffer.find(b"\r\n")
+            line_end = buffer.find(b"\r\n", 0, _MAX_BOUNDARY_LINE_BYTES + 2)
             if line_end < 0:
                 if len(buffer) > _MAX_BOUNDARY_LINE_BYTES:
                     raise _malformed("a boundary line does not end with CRLF")
@@ -152,7 +157,7 @@ class _PartReader:
             if buffer.startswith(b"\r\n"):
                 header_end, block = 0, b""
             else:
-                header_end = buffer.find(b"\r\n\r\n")
+                header_end = buffer.find(b"\r\n\r\n", 0, _MAX_HEADER_BLOCK_BYTES + 4)
                 if header_end < 0:
                     if len(buffer) > _MAX_HEADER_BLOCK_BYTES:
                         raise _malformed(

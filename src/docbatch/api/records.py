@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -186,7 +187,8 @@ def _metadata_per_record(
         raise InvalidRequestError(
             f"{METADATA_PART} must be a JSON object whose values are metadata strings."
         )
-    repeated = sorted(name for name in by_name if file_names.count(name) > 1)
+    uses = Counter(file_names)
+    repeated = sorted(name for name in by_name if uses[name] > 1)
     if repeated:
         raise InvalidRequestError(
             f"{METADATA_PART} names file '{repeated[0][:200]}', which several {RECORD_PART} "
@@ -229,7 +231,7 @@ async def _receive_records(
                 "record and its metadata; nothing was stored."
             )
     upload = await service.RecordUpload.begin(
-        state.database, state.blobs, scope, batch_guid, settings
+        state.database, state.blobs, scope, batch_guid, settings, state.inline_budget
     )
     metadata_limit = settings.max_metadata_bytes * (1 if single else _METADATA_RECORDS_FACTOR)
     reader = _FormReader(

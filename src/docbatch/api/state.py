@@ -8,6 +8,7 @@ from fastapi import Request
 
 from docbatch.auth.tokens import TokenIssuer, TokenVerifier
 from docbatch.core.settings import Settings
+from docbatch.services.records import InlinePayloadBudget
 from docbatch.storage.blobs import BlobStore
 from docbatch.store.database import Database
 
@@ -19,6 +20,7 @@ class AppState:
     blobs: BlobStore
     verifier: TokenVerifier
     issuer: TokenIssuer | None
+    inline_budget: InlinePayloadBudget
 
 
 def app_state(request: Request) -> AppState:

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     max_records_per_request: int = Field(default=10_000, gt=0)
     # Payloads up to this size are stored in the record's database row, not as blob files.
     inline_payload_max_bytes: int = Field(default=64 * 1024, ge=0)
+    # Memory that all uploads of one process may hold in inline payloads until they commit.
+    inline_payload_memory_bytes: int = Field(default=256 * MIB, ge=0)
     # A JSON body carries the schema in base64, a third larger than the schema itself.
     max_json_body_bytes: int = Field(default=24 * MIB, gt=0)
 

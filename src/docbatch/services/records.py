@@ -18,6 +18,7 @@ from docbatch.queue import jobs
 from docbatch.storage.blobs import BlobStore, BlobWriter, record_blob_key
 from docbatch.store import batches as batch_store
 from docbatch.store import records as store
+from docbatch.store.batches import BatchView
 from docbatch.store.database import Database
 from docbatch.store.models import Batch, BatchRecord, BatchStatus, RecordLogEntry, RecordStatus
 from docbatch.validation.xml import XmlRejectedError, parse_document
@@ -55,7 +56,7 @@ def validate_metadata(text: str, description: str) -> None:
         ) from error
 
 
-def _closed_batch_error(batch: Batch) -> ConflictError:
+def _closed_batch_error(batch: Batch | BatchView) -> ConflictError:
     return ConflictError(
         f"Batch {batch.guid} is {batch.status} and no longer accepts records; nothing was "
         "stored. Create a new batch for more records."
@@ -82,13 +83,32 @@ async def _enqueue_validation(
     )
 
 
+class InlinePayloadBudget:
+    """The memory that all uploads of one process may hold in inline payloads until they commit.
+
+    Only the event loop's thread uses it, so it needs no lock.
+    """
+
+    def __init__(self, total_bytes: int) -> None:
+        self.available = total_bytes
+
+    def take(self, wanted: int) -> int:
+        """Reserve `wanted` bytes and return `wanted`, or return 0 when they are not available."""
+        granted = wanted if wanted <= self.available else 0
+        self.available -= granted
+        return granted
+
+    def give_back(self, count: int) -> None:
+        self.available += count
+
+
 class RecordPayload:
     """One record's payload as it streams in: held in memory while it fits `inline_limit`, then
     moved into a blob writer that receives the rest."""
 
     def __init__(self, inline_limit: int, open_blob: Callable[[], BlobWriter]) -> None:
         self.size = 0
-        self._inline_limit = inline_limit
+        self.inline_limit = inline_limit
         self._open_blob = open_blob
         self._buffer = bytearray()
         self.blob: BlobWriter | None = None
@@ -97,14 +117,18 @@ class RecordPayload:
     def is_inline(self) -> bool:
         return self.blob is None
 
-    @property
-    def inline(self) -> bytes | None:
-        """Return the payload bytes when the payload stays in memory, else None."""
-        return bytes(self._buffer) if self.blob is None else None
+    def take_inline(self) -> bytes | None:
+        """Return the payload bytes when the payload stays in memory, else None. The buffer is
+        handed over, so call it once."""
+        if self.blob is not None:
+            return None
+        payload = bytes(self._buffer)
+        self._buffer = bytearray()
+        return payload
 
     async def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        if self.blob is None and self.size <= self._inline_limit:
+        if self.blob is None and self.size <= self.inline_limit:
             self._buffer += chunk
             return
         if self.blob is None:
@@ -128,8 +152,9 @@ class RecordUpload:
         database: Database,
         blobs: BlobStore,
         scope: TenantScope,
-        batch: Batch,
+        batch: BatchView,
         settings: Settings,
+        budget: InlinePayloadBudget,
     ) -> None:
         self._database = database
         self._blobs = blobs
@@ -138,6 +163,9 @@ class RecordUpload:
         self._settings = settings
         self._payloads: list[RecordPayload] = []
         self._inline_bytes = 0
+        self._budget = budget
+        # Bytes of `budget` this upload holds: its inline payloads and the current one's limit.
+        self._reserved = 0
         self._file_names: list[str | None] = []
         self._published: list[str] = []
 
@@ -149,18 +177,19 @@ class RecordUpload:
         scope: TenantScope,
         batch_guid: uuid.UUID,
         settings: Settings,
+        budget: InlinePayloadBudget,
     ) -> RecordUpload:
         """Check that the batch exists and is open before any payload byte is read.
 
         Raises `NotFoundError` or `ConflictError`; the final check happens again at commit.
         """
-        async with database.read() as session:
-            batch = await batch_store.get_batch(session, scope, batch_guid)
+        async with database.read_without_transaction() as session:
+            batch = await batch_store.read_batch(session, scope, batch_guid)
         if batch is None:
             raise NotFoundError(f"Batch {batch_guid} was not found in tenant {scope.guid}.")
         if batch.status != BatchStatus.CREATING:
             raise _closed_batch_error(batch)
-        return cls(database, blobs, scope, batch, settings)
+        return cls(database, blobs, scope, batch, settings, budget)
 
     @property
     def record_count(self) -> int:
@@ -168,15 +197,27 @@ class RecordUpload:
 
     def new_payload(self, file_name: str | None) -> RecordPayload:
         """Start the next record's payload; call it after the previous payload is complete."""
-        if self._payloads and self._payloads[-1].is_inline:
-            self._inline_bytes += self._payloads[-1].size
+        if self._payloads:
+            self._settle_reservation(self._payloads[-1])
         inline_limit = self._settings.inline_payload_max_bytes
         if self._inline_bytes + inline_limit > INLINE_BYTES_PER_UPLOAD:
             inline_limit = 0
+        inline_limit = self._budget.take(inline_limit)
+        self._reserved += inline_limit
         payload = RecordPayload(inline_limit, self._new_blob_writer)
         self._payloads.append(payload)
         self._file_names.append(file_name)
         return payload
+
+    def _settle_reservation(self, payload: RecordPayload) -> None:
+        """Keep the reservation a complete payload uses and give back the rest of its limit."""
+        kept = payload.size if payload.is_inline else 0
+        self._inline_bytes += kept
+        self._release(payload.inline_limit - kept)
+
+    def _release(self, count: int) -> None:
+        self._budget.give_back(count)
+        self._reserved -= count
 
     def _new_blob_writer(self) -> BlobWriter:
         return self._blobs.new_writer(record_blob_key(self._scope.guid, self._batch.guid))
@@ -196,6 +237,8 @@ class RecordUpload:
         except BaseException:
             await self.abort()
             raise
+        finally:
+            self._release(self._reserved)
         logger.info(
             "records.created",
             batch_guid=str(self._batch.guid),
@@ -229,7 +272,7 @@ class RecordUpload:
         new_records = [
             store.NewRecord(
                 payload.blob.key if payload.blob is not None else None,
-                payload.inline,
+                payload.take_inline(),
                 payload.size,
                 file_name,
                 meta,
@@ -256,7 +299,9 @@ class RecordUpload:
         return ids
 
     async def abort(self) -> None:
-        """Delete every payload file of this upload, published or not."""
+        """Delete every payload file of this upload, published or not, and give back the memory
+        its inline payloads reserved."""
+        self._release(self._reserved)
         for writer in self._blob_writers():
             try:
                 await writer.abort()

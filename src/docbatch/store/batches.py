@@ -72,6 +72,21 @@ def _close_upload_statement(*, counted: bool) -> Any:
     )
 
 
+_RESERVE_RECORD_SLOTS = (
+    update(_batches)
+    .where(
+        _batches.c.guid == bindparam("batch_guid"),
+        _batches.c.tenant_guid == bindparam("scope_guid"),
+        _batches.c.status == BatchStatus.CREATING.value,
+    )
+    .values(
+        total_records=_batches.c.total_records + bindparam("record_count"),
+        has_data=True,
+        updated_at=bindparam("reserved_at", type_=_batches.c.updated_at.type),
+    )
+    .returning(_batches.c.id)
+)
+
 _CLOSE_UPLOAD = _close_upload_statement(counted=False)
 _CLOSE_UPLOAD_COUNTED = _close_upload_statement(counted=True)
 
@@ -194,17 +209,12 @@ async def reserve_record_slots(
 ) -> int | None:
     """Count `count` new records into an open batch and return its id, or None if it is not
     open. The row lock this update takes orders it against `close_upload`."""
-    statement = (
-        update(Batch)
-        .where(
-            Batch.guid == guid,
-            Batch.tenant_guid == scope.guid,
-            Batch.status == BatchStatus.CREATING.value,
-        )
-        .values(total_records=Batch.total_records + count, has_data=True, updated_at=now)
-        .returning(Batch.id)
+    result = await session.execute(
+        _RESERVE_RECORD_SLOTS,
+        {"batch_guid": guid, "scope_guid": scope.guid, "record_count": count, "reserved_at": now},
     )
-    return await session.scalar(statement)
+    batch_id: int | None = result.scalar()
+    return batch_id
 
 
 async def add_validation_outcomes(
