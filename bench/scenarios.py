@@ -255,7 +255,7 @@ def upload_records(context: Context) -> list[Row]:
     body_file.write_bytes(body)
     results, errors = [], 0
     for _ in range(sizes.runs):
-        cpu_before = cpu_seconds(context.service_pid())
+        cpu_before = tree_cpu_seconds(context.service_pid())
         result = run_wrk(
             context.url(),
             "create_batch_records.lua",
