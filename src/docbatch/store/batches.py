@@ -232,15 +232,16 @@ async def add_validation_outcomes(
     if not (validated or failed or completed or errors or logged):
         return
     values: dict[str, object] = {
-        "validated_records": Batch.validated_records + validated,
-        "failed_validated_records": Batch.failed_validated_records + failed,
-        "completed_records": Batch.completed_records + completed,
-        "error_records": Batch.error_records + errors,
+        "validated_records": _batches.c.validated_records + validated,
+        "failed_validated_records": _batches.c.failed_validated_records + failed,
+        "completed_records": _batches.c.completed_records + completed,
+        "error_records": _batches.c.error_records + errors,
         "updated_at": now,
     }
     if logged:
         values["has_log_data"] = True
-    await session.execute(update(Batch).where(Batch.id == batch_id).values(**values))
+    # A Core statement, so the session does not evaluate the update against loaded batches.
+    await session.execute(update(_batches).where(_batches.c.id == batch_id).values(**values))
 
 
 async def get_batch_by_id(session: AsyncSession, batch_id: int) -> Batch | None:
