@@ -34,6 +34,7 @@ from docbatch.store.models import (
     RecordLogEntry,
     RecordStatus,
 )
+from docbatch.worker import validation as worker_validation
 from docbatch.worker.runner import Worker
 from docbatch.worker.validation import PendingRecord, ValidatorCache, check_records
 from tests.support import Api, configuration, invalid_order, run_worker_until, valid_order
@@ -684,3 +685,22 @@ async def test_idle_slot_wakes_on_pulse(settings: Settings) -> None:
         await asyncio.wait_for(idle, timeout=WAIT_SECONDS)
     finally:
         await database.dispose()
+
+
+async def test_validator_cache_builds_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slots that ask for one batch type's validator at the same time share one build."""
+    builds: list[str] = []
+    real_build = worker_validation.build_record_validator
+
+    def counting_build(*args: Any, **kwargs: Any) -> Any:
+        builds.append(args[0])
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(worker_validation, "build_record_validator", counting_build)
+    cache = ValidatorCache(Settings())
+    batch_type = BatchType(id=7, configuration=configuration(), name="orders")
+
+    validators = await asyncio.gather(*(cache.get(batch_type) for _ in range(8)))
+
+    assert builds == ["Xml"]
+    assert all(validator is validators[0] for validator in validators)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -33,12 +34,22 @@ class ValidatorCache:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._validators: OrderedDict[int, RecordValidator] = OrderedDict()
+        self._build_lock = asyncio.Lock()
 
     async def get(self, batch_type: BatchType) -> RecordValidator:
         cached = self._validators.get(batch_type.id)
         if cached is not None:
             self._validators.move_to_end(batch_type.id)
             return cached
+        # Slots that start on one batch type together wait for one build instead of each
+        # compiling the schema.
+        async with self._build_lock:
+            cached = self._validators.get(batch_type.id)
+            if cached is not None:
+                return cached
+            return await self._build(batch_type)
+
+    async def _build(self, batch_type: BatchType) -> RecordValidator:
         configuration = batch_type.configuration
         validator = await anyio.to_thread.run_sync(
             lambda: build_record_validator(
