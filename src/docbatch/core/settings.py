@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     job_backoff_base_seconds: float = Field(default=2.0, gt=0)
     job_backoff_max_seconds: float = Field(default=300.0, gt=0)
     chunk_size: int = Field(default=500, gt=0)
-    records_per_transaction: int = Field(default=100, gt=0)
+    records_per_transaction: int = Field(default=250, gt=0)
 
     # Limits applied when a worker parses a record.
     max_xml_depth: int = Field(default=256, gt=0)
