@@ -444,7 +444,7 @@ def _configuration_with_schema(schema_base64: str, **overrides: Any) -> dict[str
 async def _api_with_record_limit(
     settings: Settings, tokens: TokenFactory, tenant: uuid.UUID, limit: int
 ) -> AsyncIterator[Api]:
-    # Every payload goes to the blob store, so that the test sees what a rejected upload leaves.
+    # Every payload goes to the blob store, so the test can check what files a rejection leaves.
     limited = Settings(
         **{**settings.model_dump(), "max_record_bytes": limit, "inline_payload_max_bytes": 0}
     )

@@ -130,7 +130,7 @@ async def test_truncated_body_rejected() -> None:
 )
 @pytest.mark.parametrize("chunk_size", [1000, 1_000_000], ids=["chunks", "one-chunk"])
 async def test_malformed_body_rejected(body: bytes, message: str, chunk_size: int) -> None:
-    """A limit holds however the body is split into chunks."""
+    """A limit applies however the body is split into chunks."""
     with pytest.raises(InvalidRequestError, match=message):
         await _read(body, [chunk_size] * (len(body) // chunk_size + 1))
 

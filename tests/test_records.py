@@ -234,7 +234,7 @@ async def test_inline_limit_boundary(api: Api, app: FastAPI, settings: Settings)
 
 
 async def test_inline_memory_shared_by_uploads(api: Api, settings: Settings) -> None:
-    """Inline payloads reserve memory from one budget per process; a payload that finds the
+    """Inline payloads reserve memory from one budget per process. A payload that finds the
     budget spent goes to the blob store, and every upload gives its reservation back."""
     batch_guid = await api.create_batch(await api.insert_batch_type())
     payloads = [_large_order(400 + number) for number in range(3)]
@@ -257,7 +257,8 @@ async def test_inline_memory_shared_by_uploads(api: Api, settings: Settings) -> 
 async def test_inline_bytes_per_upload_capped(
     api: Api, app: FastAPI, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Once an upload holds the cap in memory, its further payloads go to the blob store."""
+    """Once an upload has buffered the cap in memory, its further payloads go to the blob
+    store."""
     monkeypatch.setattr(record_service, "INLINE_BYTES_PER_UPLOAD", 2 * 1000)
     batch_guid = await api.create_batch(await api.insert_batch_type())
     payloads = [_large_order(1000 - number) for number in range(4)]

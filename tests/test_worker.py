@@ -529,7 +529,7 @@ async def test_two_workers_share_batch(api: Api, settings: Settings) -> None:
     assert {job.status for job in chunk_jobs} == {JobStatus.SUCCEEDED.value}
 
 
-async def test_page_moves_skip_records_moved_elsewhere(api: Api, settings: Settings) -> None:
+async def test_page_moves_count_only_moved(api: Api, settings: Settings) -> None:
     """A page's bulk moves change only records still awaiting validation and report exactly
     those, so a record another job moved first is neither counted nor logged twice."""
     batch = await api.create_batch(await api.insert_batch_type())
@@ -539,7 +539,7 @@ async def test_page_moves_skip_records_moved_elsewhere(api: Api, settings: Setti
     database = Database(settings)
     try:
         async with database.transaction() as session:
-            taken = await record_store.move_records(
+            moved_first = await record_store.move_records(
                 session, ids[:1], awaiting, RecordStatus.VALIDATED, now
             )
         async with database.transaction() as session:
@@ -567,7 +567,7 @@ async def test_page_moves_skip_records_moved_elsewhere(api: Api, settings: Setti
     finally:
         await database.dispose()
 
-    assert taken == {ids[0]}
+    assert moved_first == {ids[0]}
     assert failed == {ids[1]}
     assert valid == {ids[2], ids[3]}
     assert nothing == set()

@@ -21,7 +21,7 @@ import structlog
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from docbatch.api.state import AppState
+from docbatch.api.state import AppState, app_state
 from docbatch.auth.principal import Principal, Role, TenantScope, grant_tenant
 from docbatch.core.errors import (
     AuthenticationError,
@@ -35,8 +35,7 @@ _bearer = HTTPBearer(auto_error=False, description="An access token from /core/c
 
 
 async def _app_state(request: Request) -> AppState:
-    state: AppState = request.app.state.docbatch
-    return state
+    return app_state(request)
 
 
 State = Annotated[AppState, Depends(_app_state)]
@@ -52,8 +51,7 @@ async def _principal(
             "/core/connect/token.",
             token_sent=credentials is not None,
         )
-    state: AppState = request.app.state.docbatch
-    principal = await state.verifier.verify(credentials.credentials)
+    principal = await app_state(request).verifier.verify(credentials.credentials)
     structlog.contextvars.bind_contextvars(subject=principal.subject)
     return principal
 

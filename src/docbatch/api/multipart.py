@@ -59,7 +59,9 @@ _PREAMBLE, _BOUNDARY_LINE, _HEADERS, _DATA, _EPILOGUE = range(5)
 
 
 def _malformed(reason: str) -> InvalidRequestError:
-    return InvalidRequestError(f"The multipart/form-data body is malformed: {reason}.")
+    return InvalidRequestError(
+        f"The multipart/form-data body is malformed: {reason}. Send a body as RFC 7578 describes."
+    )
 
 
 def _part_start(header_block: bytes) -> PartStart:

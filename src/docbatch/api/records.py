@@ -257,8 +257,9 @@ async def _receive_records(
     summary="Upload one record [BatchCreator]",
     description=(
         "multipart/form-data: file part RecordData (required, non-empty) and optional text part "
-        "MetaData (XML or JSON, at most 64 KiB, stored verbatim). The payload streams to the "
-        "blob store. Result: a one-element list with the new batchRecordId."
+        "MetaData (XML or JSON, at most 64 KiB, stored verbatim). A payload of at most 64 KiB "
+        "is stored in the database, a larger one streams to the blob store. Result: a "
+        "one-element list with the new batchRecordId."
     ),
     responses={**_UPLOAD_ERRORS, **success_example([1])},
 )

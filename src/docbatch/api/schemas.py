@@ -174,7 +174,7 @@ class BatchRecordOut(WireModel):
     meta_data: str | None
 
     @classmethod
-    def from_model(cls, record: models.BatchRecord, batch: models.Batch) -> BatchRecordOut:
+    def from_model(cls, record: models.BatchRecord, batch: BatchView) -> BatchRecordOut:
         return cls(
             batch_record_id=record.id,
             batch_guid=batch.guid,

@@ -74,13 +74,6 @@ async def create_batch(
     return batch
 
 
-async def _get(session: AsyncSession, scope: TenantScope, guid: uuid.UUID) -> Batch:
-    batch = await store.get_batch(session, scope, guid)
-    if batch is None:
-        raise NotFoundError(f"Batch {guid} was not found in tenant {scope.guid}.")
-    return batch
-
-
 async def _read(session: AsyncSession, scope: TenantScope, guid: uuid.UUID) -> BatchView:
     batch = await store.read_batch(session, scope, guid)
     if batch is None:
@@ -143,7 +136,7 @@ async def mark_upload_complete(
 
 async def approve_batch(
     session: AsyncSession, scope: TenantScope, guid: uuid.UUID, settings: Settings
-) -> tuple[Batch, BatchType]:
+) -> tuple[Batch | BatchView, BatchType]:
     """Move `AwaitingApproval` to `Queued` and enqueue its processing job, atomically.
 
     A batch already past approval is returned unchanged with no new job. Raises
@@ -157,7 +150,7 @@ async def approve_batch(
             session, approved.batch_type_id
         )
 
-    batch = await _get(session, scope, guid)
+    batch = await _read(session, scope, guid)
     if batch.status == BatchStatus.CREATING:
         raise ConflictError(
             f"Batch {guid} is still Creating; call MarkBatchUploadComplete before ApproveBatch."

@@ -32,7 +32,7 @@ _PARALLEL_PUBLISHES = 16
 INLINE_BYTES_PER_UPLOAD = 16 * 1024 * 1024
 
 
-def effective_record_status(record: BatchRecord, batch: Batch) -> str:
+def effective_record_status(record: BatchRecord, batch: Batch | BatchView) -> str:
     """Return the status reported to clients: a record stored as `Creating` in a closed batch is
     ready for validation."""
     if record.status == RecordStatus.CREATING and batch.has_creation_completed:
@@ -56,7 +56,7 @@ def validate_metadata(text: str, description: str) -> None:
         ) from error
 
 
-def _closed_batch_error(batch: Batch | BatchView) -> ConflictError:
+def _closed_batch_error(batch: BatchView) -> ConflictError:
     return ConflictError(
         f"Batch {batch.guid} is {batch.status} and no longer accepts records; nothing was "
         "stored. Create a new batch for more records."
@@ -68,7 +68,7 @@ def validate_ready_dedupe_key(batch_id: int) -> str:
 
 
 async def _enqueue_validation(
-    session: AsyncSession, batch: Batch | int, scope: TenantScope, settings: Settings
+    session: AsyncSession, batch: BatchView | int, scope: TenantScope, settings: Settings
 ) -> None:
     batch_id = batch if isinstance(batch, int) else batch.id
     await jobs.enqueue(
@@ -92,9 +92,9 @@ class InlinePayloadBudget:
     def __init__(self, total_bytes: int) -> None:
         self.available = total_bytes
 
-    def take(self, wanted: int) -> int:
-        """Reserve `wanted` bytes and return `wanted`, or return 0 when they are not available."""
-        granted = wanted if wanted <= self.available else 0
+    def take(self, requested: int) -> int:
+        """Reserve `requested` bytes and return that count, or 0 if they are not available."""
+        granted = requested if requested <= self.available else 0
         self.available -= granted
         return granted
 
@@ -211,9 +211,9 @@ class RecordUpload:
 
     def _settle_reservation(self, payload: RecordPayload) -> None:
         """Keep the reservation a complete payload uses and give back the rest of its limit."""
-        kept = payload.size if payload.is_inline else 0
-        self._inline_bytes += kept
-        self._release(payload.inline_limit - kept)
+        stored_inline = payload.size if payload.is_inline else 0
+        self._inline_bytes += stored_inline
+        self._release(payload.inline_limit - stored_inline)
 
     def _release(self, count: int) -> None:
         self._budget.give_back(count)
@@ -289,7 +289,7 @@ class RecordUpload:
                 session, self._scope, self._batch.guid, len(new_records), now
             )
             if batch_id is None:
-                current = await batch_store.get_batch(session, self._scope, self._batch.guid)
+                current = await batch_store.read_batch(session, self._scope, self._batch.guid)
                 raise _closed_batch_error(current or self._batch)
             ids = await store.insert_records(
                 session, self._scope, batch_id, new_records, status, now
@@ -315,8 +315,8 @@ class RecordUpload:
                 )
 
 
-async def _get_batch(session: AsyncSession, scope: TenantScope, batch_guid: uuid.UUID) -> Batch:
-    batch = await batch_store.get_batch(session, scope, batch_guid)
+async def _get_batch(session: AsyncSession, scope: TenantScope, batch_guid: uuid.UUID) -> BatchView:
+    batch = await batch_store.read_batch(session, scope, batch_guid)
     if batch is None:
         raise NotFoundError(f"Batch {batch_guid} was not found in tenant {scope.guid}.")
     return batch
@@ -359,7 +359,7 @@ async def mark_ready_for_validation(
 
 async def get_record(
     session: AsyncSession, scope: TenantScope, batch_guid: uuid.UUID, record_id: int
-) -> tuple[BatchRecord, Batch]:
+) -> tuple[BatchRecord, BatchView]:
     """Return a record and its batch; raise `NotFoundError` if either is not in the tenant."""
     batch = await _get_batch(session, scope, batch_guid)
     record = await store.get_record(session, scope, batch.id, record_id)

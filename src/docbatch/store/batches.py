@@ -133,12 +133,6 @@ async def insert_batch(
     return batch
 
 
-async def get_batch(session: AsyncSession, scope: TenantScope, guid: uuid.UUID) -> Batch | None:
-    return await session.scalar(
-        select(Batch).where(Batch.guid == guid, Batch.tenant_guid == scope.guid)
-    )
-
-
 async def read_batch(
     session: AsyncSession, scope: TenantScope, guid: uuid.UUID
 ) -> BatchView | None:

@@ -152,10 +152,9 @@ def find_schema_roots(files: dict[str, bytes]) -> tuple[list[str], dict[str, str
     return roots, errors
 
 
-# NOTE: two worker slots compiling one valid schema at the same moment both failed once with
-# "Document is not valid XML Schema" and an empty error log, in a benchmark run. A standalone
-# repetition did not reproduce it, so the cause is not known; compiles are rare, and they run
-# one at a time in a process.
+# NOTE: in one benchmark run, two worker slots compiling one valid schema at the same moment both
+# failed with "Document is not valid XML Schema" and an empty error log. A standalone repetition
+# did not reproduce it, so the cause is unknown. Compiles are rare, so they run one at a time.
 _SCHEMA_COMPILE_LOCK = threading.Lock()
 
 
