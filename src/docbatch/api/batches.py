@@ -138,6 +138,6 @@ async def get_batch(
     scope: ViewerScope, state: State, batch_guid: BatchGuidQuery
 ) -> Envelope[BatchOut]:
     guid = parse_guid(batch_guid, "batchGuid")
-    async with state.database.read_without_transaction() as session:
-        batch, batch_type = await service.get_batch(session, scope, guid)
+    async with state.database.read_without_transaction() as connection:
+        batch, batch_type = await service.get_batch(connection, scope, guid)
     return ok(BatchOut.from_model(batch, batch_type))

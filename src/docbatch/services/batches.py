@@ -15,6 +15,7 @@ from docbatch.queue import jobs
 from docbatch.store import batch_types as batch_type_store
 from docbatch.store import batches as store
 from docbatch.store.batches import BatchView
+from docbatch.store.database import Reader
 from docbatch.store.models import Batch, BatchStatus, BatchType
 
 logger = structlog.get_logger(__name__)
@@ -74,19 +75,19 @@ async def create_batch(
     return batch
 
 
-async def _read(session: AsyncSession, scope: TenantScope, guid: uuid.UUID) -> BatchView:
-    batch = await store.read_batch(session, scope, guid)
+async def _read(reader: Reader, scope: TenantScope, guid: uuid.UUID) -> BatchView:
+    batch = await store.read_batch(reader, scope, guid)
     if batch is None:
         raise NotFoundError(f"Batch {guid} was not found in tenant {scope.guid}.")
     return batch
 
 
 async def get_batch(
-    session: AsyncSession, scope: TenantScope, guid: uuid.UUID
+    reader: Reader, scope: TenantScope, guid: uuid.UUID
 ) -> tuple[BatchView, BatchType]:
     """Return the batch and its batch type; raise `NotFoundError` if the tenant lacks it."""
-    batch = await _read(session, scope, guid)
-    return batch, await batch_type_store.get_batch_type_by_id(session, batch.batch_type_id)
+    batch = await _read(reader, scope, guid)
+    return batch, await batch_type_store.get_batch_type_by_id(reader, batch.batch_type_id)
 
 
 async def mark_upload_complete(

@@ -7,10 +7,11 @@ from collections import OrderedDict
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from docbatch.auth.principal import TenantScope
 from docbatch.core.timefmt import utcnow
+from docbatch.store.database import Reader
 from docbatch.store.models import BatchType
 
 _CACHE_SIZE = 1024
@@ -52,14 +53,20 @@ def clear_cache() -> None:
     _by_id.clear()
 
 
-async def get_batch_type_by_id(session: AsyncSession, batch_type_id: int) -> BatchType:
+async def get_batch_type_by_id(reader: Reader, batch_type_id: int) -> BatchType:
     """Return a batch type by primary key for a batch that is already known to the caller."""
     cached = _by_id.get(batch_type_id)
     if cached is not None:
         _by_id.move_to_end(batch_type_id)
         return cached
-    batch_type = await session.get_one(BatchType, batch_type_id)
-    session.expunge(batch_type)
+    if isinstance(reader, AsyncConnection):
+        # A plain connection loads no ORM objects, so a session borrows it for this one load.
+        async with AsyncSession(bind=reader) as session:
+            batch_type = await session.get_one(BatchType, batch_type_id)
+            session.expunge(batch_type)
+    else:
+        batch_type = await reader.get_one(BatchType, batch_type_id)
+        reader.expunge(batch_type)
     _by_id[batch_type_id] = batch_type
     if len(_by_id) > _CACHE_SIZE:
         _by_id.popitem(last=False)

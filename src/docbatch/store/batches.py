@@ -11,6 +11,7 @@ from sqlalchemy import Row, Table, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from docbatch.auth.principal import TenantScope
+from docbatch.store.database import Reader
 from docbatch.store.models import Batch, BatchRecord, BatchStatus, BatchType
 
 
@@ -133,11 +134,9 @@ async def insert_batch(
     return batch
 
 
-async def read_batch(
-    session: AsyncSession, scope: TenantScope, guid: uuid.UUID
-) -> BatchView | None:
+async def read_batch(reader: Reader, scope: TenantScope, guid: uuid.UUID) -> BatchView | None:
     """Read the columns of a batch that the API returns, without loading an ORM object."""
-    result = await session.execute(_READ_BATCH, {"batch_guid": guid, "scope_guid": scope.guid})
+    result = await reader.execute(_READ_BATCH, {"batch_guid": guid, "scope_guid": scope.guid})
     return _view(result.first())
 
 
