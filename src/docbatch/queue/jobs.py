@@ -14,11 +14,27 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, or_, select, update
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    String,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import Insert as PostgresqlInsert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from docbatch.store.database import Executor, dialect_name
 from docbatch.store.models import Job, JobStatus
 
 
@@ -35,10 +51,81 @@ class LeaseLostError(Exception):
 # Core inserts on the table, built once per dialect, because request transactions enqueue with a
 # dedupe key and an ORM statement rebuilt per call adds CPU work to each of those requests.
 _jobs = cast(Table, Job.__table__)
+_INSERT_JOB = insert(_jobs)
 _INSERT_JOB_UNLESS_WAITING = {
     "postgresql": postgresql_insert(_jobs).on_conflict_do_nothing(index_elements=["dedupe_key"]),
     "sqlite": sqlite_insert(_jobs).on_conflict_do_nothing(index_elements=["dedupe_key"]),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class BatchJob:
+    """A job about one batch, with the payload `{"batch_id": id}` and the dedupe key
+    `dedupe_prefix` followed by the batch id, so one such job waits per batch at a time."""
+
+    kind: JobKind
+    dedupe_prefix: str
+    max_attempts: int
+
+    def dedupe_key(self, batch_id: int) -> str:
+        return f"{self.dedupe_prefix}{batch_id}"
+
+
+async def enqueue_batch_job(
+    executor: Executor, job: BatchJob, batch_id: int, tenant_guid: uuid.UUID, now: datetime
+) -> None:
+    """Insert `job` for a batch in the caller's transaction, unless one already waits."""
+    await enqueue(
+        executor,
+        job.kind,
+        {"batch_id": batch_id},
+        now=now,
+        max_attempts=job.max_attempts,
+        tenant_guid=tenant_guid,
+        batch_id=batch_id,
+        dedupe_key=job.dedupe_key(batch_id),
+    )
+
+
+def insert_batch_job_for_rows(batches: CTE, where: ColumnElement[bool]) -> PostgresqlInsert:
+    """Build a PostgreSQL INSERT ... SELECT that enqueues a batch job for each row of `batches`
+    (which has the columns `id` and `tenant_guid`) that matches `where`, unless one waits.
+
+    It is meant as a data-modifying CTE of the statement that changes those batches, so the
+    change and its jobs commit as one statement. `batch_job_parameters` gives its parameters.
+    """
+    enqueued_at = bindparam("job_enqueued_at", type_=_jobs.c.run_after.type)
+    columns = {
+        "kind": bindparam("job_kind", type_=_jobs.c.kind.type),
+        "payload": func.json_build_object("batch_id", batches.c.id),
+        "tenant_guid": batches.c.tenant_guid,
+        "batch_id": batches.c.id,
+        "status": literal(JobStatus.QUEUED.value),
+        "priority": literal(0),
+        "run_after": enqueued_at,
+        "attempts": literal(0),
+        "max_attempts": bindparam("job_max_attempts", type_=_jobs.c.max_attempts.type),
+        "dedupe_key": bindparam("job_dedupe_prefix", type_=_jobs.c.dedupe_key.type)
+        + sql_cast(batches.c.id, String),
+        "created_at": enqueued_at,
+        "updated_at": enqueued_at,
+    }
+    rows = select(*columns.values()).where(where)
+    return (
+        postgresql_insert(_jobs)
+        .from_select(list(columns), rows)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+
+
+def batch_job_parameters(job: BatchJob, now: datetime) -> dict[str, Any]:
+    """Return the bind parameters of a statement built with `insert_batch_job_for_rows`."""
+    return {
+        "job_kind": job.kind.value,
+        "job_dedupe_prefix": job.dedupe_prefix,
+        "job_max_attempts": job.max_attempts,
+        "job_enqueued_at": now,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +141,7 @@ class ClaimedJob:
 
 
 async def enqueue(
-    session: AsyncSession,
+    executor: Executor,
     kind: JobKind,
     payload: dict[str, Any],
     *,
@@ -82,12 +169,10 @@ async def enqueue(
         "updated_at": now,
     }
     if dedupe_key is None:
-        session.add(Job(**values))
-        await session.flush()
+        await executor.execute(_INSERT_JOB, values)
         return
-    dialect = session.get_bind().dialect.name
-    statement = _INSERT_JOB_UNLESS_WAITING["postgresql" if dialect == "postgresql" else "sqlite"]
-    await session.execute(statement, values)
+    dialect = "postgresql" if dialect_name(executor) == "postgresql" else "sqlite"
+    await executor.execute(_INSERT_JOB_UNLESS_WAITING[dialect], values)
 
 
 async def claim(

@@ -15,7 +15,7 @@ from docbatch.queue import jobs
 from docbatch.store import batch_types as batch_type_store
 from docbatch.store import batches as store
 from docbatch.store.batches import BatchView
-from docbatch.store.database import Reader
+from docbatch.store.database import Executor
 from docbatch.store.models import Batch, BatchStatus, BatchType
 
 logger = structlog.get_logger(__name__)
@@ -31,24 +31,10 @@ _CLOSED_STATUSES = {
 }
 
 
-def process_batch_dedupe_key(batch_id: int) -> str:
-    return f"process-batch:{batch_id}"
-
-
-async def enqueue_processing(
-    session: AsyncSession, batch: Batch | BatchView, settings: Settings
-) -> None:
-    """Enqueue the job that processes a `Queued` batch, in the caller's transaction."""
-    now = utcnow()
-    await jobs.enqueue(
-        session,
-        jobs.JobKind.PROCESS_BATCH,
-        {"batch_id": batch.id},
-        now=now,
-        max_attempts=settings.job_max_attempts,
-        tenant_guid=batch.tenant_guid,
-        batch_id=batch.id,
-        dedupe_key=process_batch_dedupe_key(batch.id),
+def process_batch_job(settings: Settings) -> jobs.BatchJob:
+    """Return the job that processes a `Queued` batch."""
+    return jobs.BatchJob(
+        jobs.JobKind.PROCESS_BATCH, "process-batch:", max_attempts=settings.job_max_attempts
     )
 
 
@@ -75,23 +61,23 @@ async def create_batch(
     return batch
 
 
-async def _read(reader: Reader, scope: TenantScope, guid: uuid.UUID) -> BatchView:
-    batch = await store.read_batch(reader, scope, guid)
+async def _read(executor: Executor, scope: TenantScope, guid: uuid.UUID) -> BatchView:
+    batch = await store.read_batch(executor, scope, guid)
     if batch is None:
         raise NotFoundError(f"Batch {guid} was not found in tenant {scope.guid}.")
     return batch
 
 
 async def get_batch(
-    reader: Reader, scope: TenantScope, guid: uuid.UUID
+    executor: Executor, scope: TenantScope, guid: uuid.UUID
 ) -> tuple[BatchView, BatchType]:
     """Return the batch and its batch type; raise `NotFoundError` if the tenant lacks it."""
-    batch = await _read(reader, scope, guid)
-    return batch, await batch_type_store.get_batch_type_by_id(reader, batch.batch_type_id)
+    batch = await _read(executor, scope, guid)
+    return batch, await batch_type_store.get_batch_type_by_id(executor, batch.batch_type_id)
 
 
 async def mark_upload_complete(
-    session: AsyncSession,
+    executor: Executor,
     scope: TenantScope,
     guid: uuid.UUID,
     expected_record_count: int | None,
@@ -100,17 +86,18 @@ async def mark_upload_complete(
     """Close a batch to new records.
 
     `Creating` becomes `AwaitingApproval` when the batch type requires approval, otherwise
-    `Queued` with its processing job inserted in the same transaction. One conditional update
-    decides, so concurrent calls make one transition and one job, and the cost does not depend
-    on the number of records. A batch already closed is returned unchanged.
+    `Queued` with its processing job, which commits with the status change: in one statement on
+    PostgreSQL, in the caller's transaction on SQLite. One conditional update decides, so
+    concurrent calls make one transition and one job, and the cost does not depend on the number
+    of records. A batch already closed is returned unchanged.
 
     Raises `NotFoundError`, and `ConflictError` for a cancelled or purged batch or when
     `expected_record_count` differs from the records accepted.
     """
-    closed = await store.close_upload(session, scope, guid, expected_record_count, utcnow())
+    closed = await store.close_upload(
+        executor, scope, guid, expected_record_count, utcnow(), process_batch_job(settings)
+    )
     if closed is not None:
-        if closed.status == BatchStatus.QUEUED:
-            await enqueue_processing(session, closed, settings)
         logger.info(
             "batch.upload_completed",
             batch_guid=str(guid),
@@ -118,9 +105,9 @@ async def mark_upload_complete(
             status=closed.status,
             records=closed.total_records,
         )
-        return closed, await batch_type_store.get_batch_type_by_id(session, closed.batch_type_id)
+        return closed, await batch_type_store.get_batch_type_by_id(executor, closed.batch_type_id)
 
-    batch = await _read(session, scope, guid)
+    batch = await _read(executor, scope, guid)
     status = BatchStatus(batch.status)
     if status == BatchStatus.CREATING:
         raise ConflictError(
@@ -132,7 +119,7 @@ async def mark_upload_complete(
         raise ConflictError(
             f"Batch {guid} is {status.value}; a {status.value.lower()} batch cannot be completed."
         )
-    return batch, await batch_type_store.get_batch_type_by_id(session, batch.batch_type_id)
+    return batch, await batch_type_store.get_batch_type_by_id(executor, batch.batch_type_id)
 
 
 async def approve_batch(
@@ -143,9 +130,12 @@ async def approve_batch(
     A batch already past approval is returned unchanged with no new job. Raises
     `NotFoundError`, and `ConflictError` while the upload is open or after cancellation.
     """
-    approved = await store.approve(session, scope, guid, utcnow())
+    now = utcnow()
+    approved = await store.approve(session, scope, guid, now)
     if approved is not None:
-        await enqueue_processing(session, approved, settings)
+        await jobs.enqueue_batch_job(
+            session, process_batch_job(settings), approved.id, approved.tenant_guid, now
+        )
         logger.info("batch.approved", batch_guid=str(guid), tenant=str(scope.guid))
         return approved, await batch_type_store.get_batch_type_by_id(
             session, approved.batch_type_id

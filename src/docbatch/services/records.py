@@ -183,7 +183,7 @@ class RecordUpload:
 
         Raises `NotFoundError` or `ConflictError`; the final check happens again at commit.
         """
-        async with database.read_without_transaction() as connection:
+        async with database.single_statements() as connection:
             batch = await batch_store.read_batch(connection, scope, batch_guid)
         if batch is None:
             raise NotFoundError(f"Batch {batch_guid} was not found in tenant {scope.guid}.")

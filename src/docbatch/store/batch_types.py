@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from docbatch.auth.principal import TenantScope
 from docbatch.core.timefmt import utcnow
-from docbatch.store.database import Reader
+from docbatch.store.database import Executor
 from docbatch.store.models import BatchType
 
 _CACHE_SIZE = 1024
@@ -53,20 +53,20 @@ def clear_cache() -> None:
     _by_id.clear()
 
 
-async def get_batch_type_by_id(reader: Reader, batch_type_id: int) -> BatchType:
+async def get_batch_type_by_id(executor: Executor, batch_type_id: int) -> BatchType:
     """Return a batch type by primary key for a batch that is already known to the caller."""
     cached = _by_id.get(batch_type_id)
     if cached is not None:
         _by_id.move_to_end(batch_type_id)
         return cached
-    if isinstance(reader, AsyncConnection):
+    if isinstance(executor, AsyncConnection):
         # A plain connection loads no ORM objects, so a session borrows it for this one load.
-        async with AsyncSession(bind=reader) as session:
+        async with AsyncSession(bind=executor) as session:
             batch_type = await session.get_one(BatchType, batch_type_id)
             session.expunge(batch_type)
     else:
-        batch_type = await reader.get_one(BatchType, batch_type_id)
-        reader.expunge(batch_type)
+        batch_type = await executor.get_one(BatchType, batch_type_id)
+        executor.expunge(batch_type)
     _by_id[batch_type_id] = batch_type
     if len(_by_id) > _CACHE_SIZE:
         _by_id.popitem(last=False)

@@ -11,7 +11,8 @@ from sqlalchemy import Row, Table, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from docbatch.auth.principal import TenantScope
-from docbatch.store.database import Reader
+from docbatch.queue import jobs
+from docbatch.store.database import Executor, dialect_name
 from docbatch.store.models import Batch, BatchRecord, BatchStatus, BatchType
 
 
@@ -88,8 +89,19 @@ _RESERVE_RECORD_SLOTS = (
     .returning(_batches.c.id)
 )
 
-_CLOSE_UPLOAD = _close_upload_statement(counted=False)
-_CLOSE_UPLOAD_COUNTED = _close_upload_statement(counted=True)
+
+def _close_and_enqueue_statement(*, counted: bool) -> Any:
+    """Build the close as one PostgreSQL statement: the UPDATE of the close, and the insert of
+    the processing job when the batch became `Queued`, as data-modifying CTEs."""
+    closed = _close_upload_statement(counted=counted).cte("closed")
+    queued = jobs.insert_batch_job_for_rows(closed, closed.c.status == BatchStatus.QUEUED.value)
+    return select(*closed.c).add_cte(queued.cte("queued_job"))
+
+
+_CLOSE_UPLOAD = {counted: _close_upload_statement(counted=counted) for counted in (False, True)}
+_CLOSE_UPLOAD_AND_ENQUEUE = {
+    counted: _close_and_enqueue_statement(counted=counted) for counted in (False, True)
+}
 
 
 def _view(row: Row[Any] | None) -> BatchView | None:
@@ -134,32 +146,41 @@ async def insert_batch(
     return batch
 
 
-async def read_batch(reader: Reader, scope: TenantScope, guid: uuid.UUID) -> BatchView | None:
+async def read_batch(executor: Executor, scope: TenantScope, guid: uuid.UUID) -> BatchView | None:
     """Read the columns of a batch that the API returns, without loading an ORM object."""
-    result = await reader.execute(_READ_BATCH, {"batch_guid": guid, "scope_guid": scope.guid})
+    result = await executor.execute(_READ_BATCH, {"batch_guid": guid, "scope_guid": scope.guid})
     return _view(result.first())
 
 
 async def close_upload(
-    session: AsyncSession,
+    executor: Executor,
     scope: TenantScope,
     guid: uuid.UUID,
     expected_record_count: int | None,
     now: datetime,
+    job: jobs.BatchJob,
 ) -> BatchView | None:
-    """Move an open batch to `Queued` or `AwaitingApproval`; return it, or None if it was not
-    `Creating` (or its record count differs from `expected_record_count`).
+    """Move an open batch to `Queued` or `AwaitingApproval`, and enqueue `job` for it when it
+    became `Queued`. Return the batch, or None if it was not `Creating` (or its record count
+    differs from `expected_record_count`).
 
-    Records stored as `Creating` are not rewritten: in a closed batch they count as ready.
+    On PostgreSQL both writes are one statement, so they commit together even in autocommit. On
+    SQLite they are two statements, so the caller's scope must be one transaction. Records
+    stored as `Creating` are not rewritten: in a closed batch they count as ready.
     """
     # UPDATE reserves bind names equal to column names, so these differ from the columns.
     parameters: dict[str, Any] = {"batch_guid": guid, "scope_guid": scope.guid, "closed_at": now}
-    statement = _CLOSE_UPLOAD
-    if expected_record_count is not None:
+    counted = expected_record_count is not None
+    if counted:
         parameters["expected_record_count"] = expected_record_count
-        statement = _CLOSE_UPLOAD_COUNTED
-    result = await session.execute(statement, parameters)
-    return _view(result.first())
+    if dialect_name(executor) == "postgresql":
+        parameters.update(jobs.batch_job_parameters(job, now))
+        result = await executor.execute(_CLOSE_UPLOAD_AND_ENQUEUE[counted], parameters)
+        return _view(result.first())
+    closed = _view((await executor.execute(_CLOSE_UPLOAD[counted], parameters)).first())
+    if closed is not None and closed.status == BatchStatus.QUEUED:
+        await jobs.enqueue_batch_job(executor, job, closed.id, closed.tenant_guid, now)
+    return closed
 
 
 async def transition(

@@ -24,9 +24,16 @@ from docbatch.core.settings import Settings
 # Readers begin DEFERRED and see a consistent WAL snapshot without blocking writers.
 _SQLITE_BEGIN = "docbatch_sqlite_begin"
 
-# The argument of a store function that only reads: the session of a transaction, or the
-# connection that `Database.read_without_transaction` yields. Both run Core statements alike.
-Reader = AsyncSession | AsyncConnection
+# The argument of a store function that runs only Core statements: the session of a transaction,
+# or the connection that `Database.single_statements` yields.
+Executor = AsyncSession | AsyncConnection
+
+
+def dialect_name(executor: Executor) -> str:
+    """Return the name of the database dialect that `executor` runs on, such as "postgresql"."""
+    if isinstance(executor, AsyncConnection):
+        return executor.dialect.name
+    return executor.get_bind().dialect.name
 
 
 class Database:
@@ -48,11 +55,11 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine, settings.sqlite_busy_timeout_ms)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
-        # Single-statement reads on PostgreSQL run on connections of their own pool, opened in
+        # Single statements on PostgreSQL run on connections of their own pool, opened in
         # autocommit mode. Switching a connection of the main pool to autocommit on every
         # checkout and back on return took about 40 % more instructions per read (callgrind).
         # The pool has no overflow, so it adds at most `db_pool_size` connections, and only in
-        # processes that serve such reads.
+        # processes that run such statements.
         self._autocommit_engine: AsyncEngine | None = None
         if not self.is_sqlite:
             self._autocommit_engine = create_async_engine(
@@ -80,18 +87,21 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def read_without_transaction(self) -> AsyncIterator[AsyncConnection]:
-        """Open a connection for reads that each stand alone, such as one SELECT by key.
+    async def single_statements(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
+        """Open a connection for statements that are each complete on their own, such as one
+        SELECT by key, or one UPDATE that inserts a job in a data-modifying CTE.
 
-        On PostgreSQL every statement runs in autocommit mode, which saves the BEGIN and COMMIT
-        round trips of `read`. At PostgreSQL's default READ COMMITTED level each statement takes
-        its own snapshot inside a transaction too, so a caller that needs several statements to
-        agree must still use `read`. On SQLite the connection reads in a DEFERRED transaction,
-        as `read` does. The connection runs Core statements only, because no ORM session is open.
+        On PostgreSQL every statement commits on its own (autocommit), which saves the BEGIN and
+        COMMIT round trips of `transaction` and `read`. So statements that must agree or commit
+        together belong in `transaction` or `read`. On SQLite the statements run in one
+        transaction that commits at the end: BEGIN IMMEDIATE with `write`, so the writer holds
+        the lock from the start, otherwise DEFERRED. The connection runs Core statements only,
+        because no ORM session is open.
         """
         if self._autocommit_engine is None:
             async with self.engine.connect() as connection:
-                await connection.execution_options(**{_SQLITE_BEGIN: "DEFERRED"})
+                mode = "IMMEDIATE" if write else "DEFERRED"
+                await connection.execution_options(**{_SQLITE_BEGIN: mode})
                 async with connection.begin():
                     yield connection
             return
