@@ -36,6 +36,10 @@ bearer token from `POST /core/connect/token` (OAuth 2.0 client credentials). Eve
 """
 
 
+# The routers in the order that the OpenAPI document and /docs list them.
+_DOCUMENTED_ROUTERS = (token.router, batch_types.router, batches.router, records.router)
+
+
 def build_state(settings: Settings) -> AppState:
     """Open the database, the blob store and the token keys named by the settings."""
     database = Database(settings)
@@ -116,10 +120,15 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.add_middleware(JsonBodyLimitMiddleware, max_bytes=settings.max_json_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
-    app.include_router(token.router)
-    app.include_router(batch_types.router)
-    app.include_router(batches.router)
-    app.include_router(records.router)
+    # FastAPI tries routes in order, and each route tried costs about 16k instructions (callgrind,
+    # FastAPI 0.165). So the busiest routers come first and the documentation routes last.
+    documentation = list(app.router.routes)
+    for router in (batches.router, records.router, batch_types.router, token.router):
+        app.include_router(router)
+    app.router.routes[:] = [
+        *(route for route in app.router.routes if route not in documentation),
+        *documentation,
+    ]
     return app
 
 
@@ -136,7 +145,7 @@ def _openapi_schema(app: FastAPI) -> dict[str, Any]:
         title=app.title,
         version=app.version,
         description=app.description,
-        routes=app.routes,
+        routes=[route for router in _DOCUMENTED_ROUTERS for route in router.routes],
     )
     for path in schema.get("paths", {}).values():
         for operation in path.values():
