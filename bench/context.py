@@ -105,8 +105,9 @@ class Context:
             raise RuntimeError("the benchmark database is not open; call prepare() first")
         return self.sql
 
-    def prepare(self) -> None:
-        """Create and migrate the database, seed the tenant, mint a token, start the service."""
+    def prepare(self, *, start_service: bool = True) -> None:
+        """Create and migrate the database, seed the tenant, mint a token, and start the service
+        unless `start_service` is false."""
         postgres.create_database(self.server, self.database)
         self.blob_root.mkdir(parents=True, exist_ok=True)
         self._docbatch("db", "upgrade")
@@ -124,7 +125,8 @@ class Context:
             "BatchViewer",
             "BatchAdmin",
         ).strip()
-        self.service = self.start_service("service")
+        if start_service:
+            self.service = self.start_service("service")
 
     def _docbatch(self, *arguments: str) -> str:
         completed = subprocess.run(  # noqa: S603

@@ -11,7 +11,7 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from bench import profiling
+from bench import instructions, profiling
 from bench.context import FULL, SMOKE, Context
 from bench.load import missing_tools
 from bench.postgres import ServerAddress
@@ -80,7 +80,51 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the scratch folder with the process logs and blobs after the run",
     )
+    count = commands.add_parser(
+        "instructions",
+        help="count instructions per request with callgrind, for comparing code changes",
+    )
+    count.add_argument(
+        "--smoke",
+        action="store_true",
+        help="run the requests once without valgrind: checks that the command works",
+    )
+    count.add_argument(
+        "--postgres-url",
+        default=os.environ.get("DOCBATCH_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="PostgreSQL server reached without a password, as for `run`",
+    )
+    count.add_argument(
+        "--keep-folder", action="store_true", help="keep the scratch folder with the logs"
+    )
     return parser
+
+
+def count_instructions(arguments: argparse.Namespace) -> int:
+    if not arguments.smoke and instructions.missing_valgrind():
+        print(
+            "bench: valgrind not found on PATH; install it first (apt-get install -y valgrind)",
+            file=sys.stderr,
+        )
+        return 2
+    folder = Path(tempfile.mkdtemp(prefix="docbatch-bench-"))
+    context = Context(
+        server=ServerAddress.from_url(arguments.postgres_url),
+        database=f"bench_{os.getpid()}_{int(time.time())}",
+        folder=folder,
+        sizes=SMOKE,
+    )
+    started = time.monotonic()
+    try:
+        context.prepare(start_service=False)
+        measurements = instructions.measure(context, smoke=arguments.smoke)
+    finally:
+        context.teardown(keep_folder=arguments.keep_folder)
+    print(instructions.format_measurements(measurements))
+    print(f"\nwall time: {time.monotonic() - started:.0f} s")
+    if arguments.keep_folder:
+        print(f"logs kept in {folder}")
+    return 0
 
 
 def run(arguments: argparse.Namespace) -> int:
@@ -162,4 +206,6 @@ def run(arguments: argparse.Namespace) -> int:
 
 def main() -> None:
     arguments = build_parser().parse_args()
+    if arguments.command == "instructions":
+        raise SystemExit(count_instructions(arguments))
     raise SystemExit(run(arguments))

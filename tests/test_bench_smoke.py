@@ -1,4 +1,5 @@
-"""Smoke test of the benchmark runner: `python -m bench run --smoke` completes every scenario.
+"""Smoke tests of the benchmark runner: `python -m bench run --smoke` completes every scenario,
+and `python -m bench instructions --smoke` sends every request it counts.
 
 Timings are never asserted: the machine running the tests is shared and its speed unknown. Only
 the shape of the output is checked: one table row per scenario, each with zero errors.
@@ -92,6 +93,29 @@ def test_bench_smoke_reports_every_scenario() -> None:
         assert matching, f"no table row for {label!r} in:\n{completed.stdout}"
         errors = rows[matching[0]][8]
         assert errors == "0", f"row {matching[0]!r} reports {errors} errors"
+
+
+@pytest.mark.slow
+def test_instruction_count_smoke() -> None:
+    """`python -m bench instructions --smoke` sends every request without valgrind."""
+    server_url = _server_url()
+    problem = _postgres_problem(server_url)
+    if problem is not None:
+        pytest.skip(problem)
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "instructions", "--smoke", "--postgres-url", server_url],
+        cwd=REPOSITORY,
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    assert "| GetBatch | - | minimal ASGI app |" in completed.stdout
+    assert "| MarkBatchUploadComplete | - |" in completed.stdout
 
 
 def test_bench_rejects_zero_processes() -> None:
