@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from httpx import ASGITransport, AsyncClient
 from sqlalchemy import func, insert, select, text
 
+from docbatch.app import create_app
 from docbatch.core.settings import Settings
 from docbatch.core.timefmt import utcnow
 from docbatch.store import batch_types as batch_type_store
 from docbatch.store import tenants as tenant_store
 from docbatch.store.database import Database
-from docbatch.store.models import BatchType, Tenant
-from tests.support import Api
+from docbatch.store.models import Batch, BatchType, Tenant
+from tests.support import Api, TokenFactory
 
 
 @pytest.fixture
@@ -87,3 +91,46 @@ async def test_batch_type_loads_through_connection(database: Database, api: Api)
         # The second read is served from the cache.
         assert await batch_type_store.get_batch_type_by_id(connection, batch_type_id) is loaded
     assert (loaded.guid, loaded.name) == (guid, "orders")
+
+
+@pytest.mark.postgresql
+async def test_locked_close_leaves_reads_free(
+    settings: Settings, tokens: TokenFactory, tenant: uuid.UUID
+) -> None:
+    """A close that waits for the row lock of one batch must not hold up GetBatch of another.
+
+    With DOCBATCH_DB_POOL_SIZE=1 the autocommit pool has one connection and no overflow, and the
+    waiting close holds it until the lock is released. The read is given 5 s, because the
+    pool's own checkout timeout (30 s) would end it with a 503 only after that.
+    """
+    small_pool = settings.model_copy(update={"db_pool_size": 1})
+    application = create_app(small_pool)
+    lock_holder = Database(small_pool)
+    async with application.router.lifespan_context(application):
+        transport = ASGITransport(app=application)
+        async with AsyncClient(transport=transport, base_url="http://docbatch.test") as http:
+            api = Api(http, tenant, tokens.for_tenant(tenant))
+            batch_type = await api.insert_batch_type()
+            locked_batch = await api.create_batch(batch_type)
+            other_batch = await api.create_batch(batch_type)
+            read = None
+            try:
+                async with lock_holder.transaction() as session:
+                    await session.execute(
+                        select(Batch.id)
+                        .where(Batch.guid == uuid.UUID(locked_batch))
+                        .with_for_update()
+                    )
+                    close = asyncio.create_task(api.complete(locked_batch))
+                    await asyncio.sleep(0.5)
+                    get_other = api.call("GET", "GetBatch", {"batchGuid": other_batch})
+                    with contextlib.suppress(TimeoutError):
+                        read = await asyncio.wait_for(get_other, timeout=5)
+                closed = await close
+            finally:
+                await lock_holder.dispose()
+
+    assert read is not None, "GetBatch waited over 5 s behind a close of another batch"
+    assert read.status_code == 200, read.text
+    assert closed.status_code == 200, closed.text
+    assert closed.json()["result"]["statusId"] == "Queued"
