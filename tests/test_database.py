@@ -99,9 +99,9 @@ async def test_locked_close_leaves_reads_free(
 ) -> None:
     """A close that waits for the row lock of one batch must not hold up GetBatch of another.
 
-    With DOCBATCH_DB_POOL_SIZE=1 the autocommit pool has one connection and no overflow, and the
-    waiting close holds it until the lock is released. The read is given 5 s, because the
-    pool's own checkout timeout (30 s) would end it with a 503 only after that.
+    With DOCBATCH_DB_POOL_SIZE=1 the read pool has one connection, so a close waiting on that
+    connection would block the read. The read is given 5 s, because the pool's own checkout
+    timeout (30 s) would end it with a 503 only after that.
     """
     small_pool = settings.model_copy(update={"db_pool_size": 1})
     application = create_app(small_pool)

@@ -55,20 +55,24 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine, settings.sqlite_busy_timeout_ms)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
-        # Single statements on PostgreSQL run on connections of their own pool, opened in
-        # autocommit mode. Switching a connection of the main pool to autocommit on every
-        # checkout and back on return took about 40 % more instructions per read (callgrind).
-        # The pool has no overflow, so it adds at most `db_pool_size` connections, and only in
-        # processes that run such statements.
-        self._autocommit_engine: AsyncEngine | None = None
+        # Single reads on PostgreSQL run on connections of their own pool, opened in autocommit
+        # mode. Switching a connection of the main pool to autocommit on every checkout and back
+        # on return took about 40 % more instructions per read (callgrind). The pool has no
+        # overflow, so it adds at most `db_pool_size` connections, and only in processes that
+        # run such reads.
+        self._autocommit_reads: AsyncEngine | None = None
+        # Single writes pay for that switch on main-pool connections instead, because a write
+        # may wait for a row lock, and reads must not wait behind it for a connection.
+        self._autocommit_writes: AsyncEngine | None = None
         if not self.is_sqlite:
-            self._autocommit_engine = create_async_engine(
+            self._autocommit_reads = create_async_engine(
                 self.url,
                 isolation_level="AUTOCOMMIT",
                 pool_recycle=1800,
                 pool_size=settings.db_pool_size,
                 max_overflow=0,
             )
+            self._autocommit_writes = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -93,25 +97,28 @@ class Database:
 
         On PostgreSQL every statement commits on its own (autocommit), which saves the BEGIN and
         COMMIT round trips of `transaction` and `read`. So statements that must agree or commit
-        together belong in `transaction` or `read`. On SQLite the statements run in one
-        transaction that commits at the end: BEGIN IMMEDIATE with `write`, so the writer holds
-        the lock from the start, otherwise DEFERRED. The connection runs Core statements only,
-        because no ORM session is open.
+        together belong in `transaction` or `read`. Reads take connections of their own pool and
+        writes (`write`) those of the main pool, so a write that waits for a row lock does not
+        hold a connection that reads need. On SQLite the statements run in one transaction that
+        commits at the end: BEGIN IMMEDIATE with `write`, so the writer holds the lock from the
+        start, otherwise DEFERRED. The connection runs Core statements only, because no ORM
+        session is open.
         """
-        if self._autocommit_engine is None:
+        if self._autocommit_reads is None or self._autocommit_writes is None:
             async with self.engine.connect() as connection:
                 mode = "IMMEDIATE" if write else "DEFERRED"
                 await connection.execution_options(**{_SQLITE_BEGIN: mode})
                 async with connection.begin():
                     yield connection
             return
-        async with self._autocommit_engine.connect() as connection:
+        engine = self._autocommit_writes if write else self._autocommit_reads
+        async with engine.connect() as connection:
             yield connection
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-        if self._autocommit_engine is not None:
-            await self._autocommit_engine.dispose()
+        if self._autocommit_reads is not None:
+            await self._autocommit_reads.dispose()
 
 
 def _ensure_sqlite_folder(database: str | None) -> None:
