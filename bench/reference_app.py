@@ -22,8 +22,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from docbatch.core.settings import Settings
 
 _settings = Settings()
-# The same engine options as docbatch.store.database.Database on PostgreSQL. Every uvicorn worker
-# process imports this module and so has its own engine.
+# The options of the main engine of docbatch.store.database.Database on PostgreSQL. So each read
+# runs in a transaction, while GetBatch reads in autocommit mode (docs/benchmarks.md). Every
+# uvicorn worker process imports this module and so has its own engine.
 engine = create_async_engine(
     _settings.database_url,
     pool_recycle=1800,
