@@ -63,23 +63,19 @@ def _closed_batch_error(batch: BatchView) -> ConflictError:
     )
 
 
-def validate_ready_dedupe_key(batch_id: int) -> str:
-    return f"validate-ready:{batch_id}"
+def validate_ready_job(settings: Settings) -> jobs.BatchJob:
+    """Return the job that validates the records of a batch marked ready while it is open."""
+    return jobs.BatchJob(
+        jobs.JobKind.VALIDATE_READY, "validate-ready:", max_attempts=settings.job_max_attempts
+    )
 
 
 async def _enqueue_validation(
     session: AsyncSession, batch: BatchView | int, scope: TenantScope, settings: Settings
 ) -> None:
     batch_id = batch if isinstance(batch, int) else batch.id
-    await jobs.enqueue(
-        session,
-        jobs.JobKind.VALIDATE_READY,
-        {"batch_id": batch_id},
-        now=utcnow(),
-        max_attempts=settings.job_max_attempts,
-        tenant_guid=scope.guid,
-        batch_id=batch_id,
-        dedupe_key=validate_ready_dedupe_key(batch_id),
+    await jobs.enqueue_batch_job(
+        session, validate_ready_job(settings), batch_id, scope.guid, utcnow()
     )
 
 
