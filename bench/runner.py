@@ -22,6 +22,16 @@ DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"
 DEFAULT_API_PROCESSES = 2
 
 
+def _add_postgres_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("DOCBATCH_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="PostgreSQL server reached without a password; a scratch database bench_* is "
+        f"created on it and dropped afterwards (default: $DOCBATCH_BENCH_POSTGRES_URL or "
+        f"{DEFAULT_POSTGRES_URL})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -43,13 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tiny sizes, one run and 2 s loads: checks that everything works in about a minute",
     )
-    run.add_argument(
-        "--postgres-url",
-        default=os.environ.get("DOCBATCH_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL),
-        help="PostgreSQL server reached without a password; a scratch database bench_* is "
-        f"created on it and dropped afterwards (default: $DOCBATCH_BENCH_POSTGRES_URL or "
-        f"{DEFAULT_POSTGRES_URL})",
-    )
+    _add_postgres_url(run)
     run.add_argument(
         "--load-seconds", type=float, help="duration of each wrk and pgbench load in seconds"
     )
@@ -89,11 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the requests once without valgrind: checks that the command works",
     )
-    count.add_argument(
-        "--postgres-url",
-        default=os.environ.get("DOCBATCH_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL),
-        help="PostgreSQL server reached without a password, as for `run`",
-    )
+    _add_postgres_url(count)
     count.add_argument(
         "--keep-folder", action="store_true", help="keep the scratch folder with the logs"
     )

@@ -55,6 +55,19 @@ def _postgres_problem(server_url: str) -> str | None:
     return None
 
 
+def _run_bench(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m bench` from the repository root and return its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *arguments],
+        cwd=REPOSITORY,
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+
 def _table_rows(output: str) -> dict[str, list[str]]:
     rows = {}
     for line in output.splitlines():
@@ -75,15 +88,7 @@ def test_bench_smoke_reports_every_scenario() -> None:
     if problem is not None:
         pytest.skip(problem)
 
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--smoke", "--postgres-url", server_url],
-        cwd=REPOSITORY,
-        env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_TIMEOUT_SECONDS,
-        check=False,
-    )
+    completed = _run_bench("run", "--smoke", "--postgres-url", server_url)
 
     assert completed.returncode == 0, completed.stderr[-5000:]
     assert "API processes: 2;" in completed.stdout
@@ -103,15 +108,7 @@ def test_instruction_count_smoke() -> None:
     if problem is not None:
         pytest.skip(problem)
 
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench", "instructions", "--smoke", "--postgres-url", server_url],
-        cwd=REPOSITORY,
-        env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_TIMEOUT_SECONDS,
-        check=False,
-    )
+    completed = _run_bench("instructions", "--smoke", "--postgres-url", server_url)
 
     assert completed.returncode == 0, completed.stderr[-5000:]
     assert "| GetBatch | - | minimal ASGI app |" in completed.stdout
@@ -119,15 +116,7 @@ def test_instruction_count_smoke() -> None:
 
 
 def test_bench_rejects_zero_processes() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--smoke", "--api-processes", "0"],
-        cwd=REPOSITORY,
-        env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    completed = _run_bench("run", "--smoke", "--api-processes", "0")
 
     assert completed.returncode == 2, completed.stderr
     assert "--api-processes is 0; it must be at least 1" in completed.stderr
