@@ -278,6 +278,17 @@ def wait_until_idle(sql: Sql, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def sessions_opened(sql: Sql) -> int:
+    """Return how many sessions PostgreSQL has counted for this database since it was created.
+
+    A backend reports its session when it first goes idle or exits, so a session opened in the
+    last second may not be counted yet.
+    """
+    return int(
+        sql.fetchval("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+    )
+
+
 def reset_hot_tables(sql: Sql) -> None:
     """Empty batches, records and jobs so that every measurement starts from the same state."""
     wait_until_idle(sql)

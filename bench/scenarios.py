@@ -7,6 +7,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import postgres
@@ -20,16 +21,38 @@ PGBENCH_SCRIPT = Path(__file__).parent / "mark_upload_complete.pgbench"
 MIB = 1024 * 1024
 
 
-def _report_cpu(
-    context: Context, label: str, connections: int, cpu_before: float, result: WrkResult
+@dataclass(frozen=True, slots=True)
+class _Counters:
+    """What the service has used so far: CPU seconds over its processes, and the sessions
+    PostgreSQL has counted for the benchmark database."""
+
+    cpu_seconds: float
+    sessions: int
+
+
+def _counters(context: Context) -> _Counters:
+    return _Counters(
+        tree_cpu_seconds(context.service_pid()), postgres.sessions_opened(context.db())
+    )
+
+
+def _report_load(
+    context: Context, label: str, connections: int, before: _Counters, result: WrkResult
 ) -> None:
     """Print the service's CPU time per request and its share of one core during the load, summed
-    over its processes."""
-    used = tree_cpu_seconds(context.service_pid()) - cpu_before
+    over its processes, and how many database sessions were opened meanwhile.
+
+    A pool that keeps its connections opens none under steady load. Sessions opened during the
+    load mean that connections were closed and opened again, which costs a TLS handshake and a
+    new server process each.
+    """
+    used = tree_cpu_seconds(context.service_pid()) - before.cpu_seconds
+    sessions = postgres.sessions_opened(context.db()) - before.sessions
     print(
         f"bench: {label} c={connections}: {result.throughput:,.0f} req/s, service CPU "
         f"{1000 * used / max(result.requests, 1):.2f} ms per request, "
-        f"{100 * used / result.seconds:.0f}% of one core, errors {result.error_kinds}",
+        f"{100 * used / result.seconds:.0f}% of one core, {sessions} database sessions opened, "
+        f"errors {result.error_kinds}",
         file=sys.stderr,
         flush=True,
     )
@@ -57,7 +80,7 @@ def mark_upload_complete(context: Context) -> list[Row]:
         service, reference, ratios, errors = [], [], [], 0
         for _ in range(sizes.runs):
             _seed_open_batches(context, sizes.open_batches)
-            cpu_before = tree_cpu_seconds(context.service_pid())
+            before = _counters(context)
             result = run_wrk(
                 context.url(),
                 "mark_upload_complete.lua",
@@ -65,7 +88,7 @@ def mark_upload_complete(context: Context) -> list[Row]:
                 connections,
                 sizes.load_seconds,
             )
-            _report_cpu(context, "MarkBatchUploadComplete", connections, cpu_before, result)
+            _report_load(context, "MarkBatchUploadComplete", connections, before, result)
             if result.wrapped:
                 raise RuntimeError(
                     f"wrk closed more than the {sizes.open_batches} seeded batches; "
@@ -255,7 +278,7 @@ def upload_records(context: Context) -> list[Row]:
     body_file.write_bytes(body)
     results, errors = [], 0
     for _ in range(sizes.runs):
-        cpu_before = tree_cpu_seconds(context.service_pid())
+        before = _counters(context)
         result = run_wrk(
             context.url(),
             "create_batch_records.lua",
@@ -263,7 +286,7 @@ def upload_records(context: Context) -> list[Row]:
             sizes.upload_connections,
             sizes.load_seconds,
         )
-        _report_cpu(context, "CreateBatchRecords", sizes.upload_connections, cpu_before, result)
+        _report_load(context, "CreateBatchRecords", sizes.upload_connections, before, result)
         postgres.wait_until_idle(sql)
         stored = sql.fetchval("SELECT count(*) FROM batch_records")
         if result.errors == 0 and stored < result.requests * sizes.records_per_request:
@@ -494,7 +517,7 @@ def get_batch(context: Context) -> list[Row]:
     service, references, ratios, errors = [], [], [], 0
     try:
         for _ in range(sizes.runs):
-            cpu_before = tree_cpu_seconds(context.service_pid())
+            before = _counters(context)
             result = run_wrk(
                 context.url(),
                 "get_batch.lua",
@@ -507,7 +530,7 @@ def get_batch(context: Context) -> list[Row]:
                 sizes.read_connections,
                 sizes.load_seconds,
             )
-            _report_cpu(context, "GetBatch", sizes.read_connections, cpu_before, result)
+            _report_load(context, "GetBatch", sizes.read_connections, before, result)
             baseline = run_wrk(
                 context.url(reference_app),
                 "get_batch.lua",
