@@ -80,6 +80,27 @@ async def test_postgresql_reads_autocommit(database: Database) -> None:
     assert second == first
 
 
+@pytest.mark.postgresql
+async def test_single_writes_keep_their_connections(settings: Settings) -> None:
+    """Concurrent single writes share `db_pool_size` connections and open no others, so a load
+    that rises and falls does not close server connections and open new ones. The main pool
+    would open overflow connections here and close them when they come back."""
+    database = Database(settings.model_copy(update={"db_pool_size": 2, "db_max_overflow": 10}))
+
+    async def backend_pid() -> int:
+        async with database.single_statements(write=True) as connection:
+            result = await connection.execute(text("SELECT pg_backend_pid() FROM pg_sleep(0.05)"))
+            return int(result.scalar_one())
+
+    try:
+        first_round = await asyncio.gather(*(backend_pid() for _ in range(12)))
+        second_round = await asyncio.gather(*(backend_pid() for _ in range(12)))
+    finally:
+        await database.dispose()
+    assert len(set(first_round)) <= 2
+    assert set(second_round) <= set(first_round)
+
+
 async def test_batch_type_loads_through_connection(database: Database, api: Api) -> None:
     guid = uuid.UUID(await api.insert_batch_type("orders"))
     async with database.read() as session:

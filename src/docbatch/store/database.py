@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -55,24 +55,19 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine, settings.sqlite_busy_timeout_ms)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
-        # Single reads on PostgreSQL run on connections of their own pool, opened in autocommit
-        # mode. Switching a connection of the main pool to autocommit on every checkout and back
-        # on return took about 40 % more instructions per read (callgrind). The pool has no
-        # overflow, so it adds at most `db_pool_size` connections, and only in processes that
-        # run such reads.
+        # Single statements on PostgreSQL run on connections of two pools of their own, opened
+        # in autocommit mode: one for reads and one for writes, so that a write waiting for a
+        # row lock never holds a connection that reads need. Switching main-pool connections to
+        # autocommit on every checkout and back on return took about 40 % more instructions per
+        # read (callgrind). Neither pool has overflow: an overflow connection is closed when it
+        # is returned to a full pool, so a load that goes up and down opens and closes server
+        # connections all the time. Each adds at most `db_pool_size` connections, and only in
+        # processes that run such statements.
         self._autocommit_reads: AsyncEngine | None = None
-        # Single writes pay for that switch on main-pool connections instead, because a write
-        # may wait for a row lock, and reads must not wait behind it for a connection.
         self._autocommit_writes: AsyncEngine | None = None
         if not self.is_sqlite:
-            self._autocommit_reads = create_async_engine(
-                self.url,
-                isolation_level="AUTOCOMMIT",
-                pool_recycle=1800,
-                pool_size=settings.db_pool_size,
-                max_overflow=0,
-            )
-            self._autocommit_writes = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._autocommit_reads = _autocommit_engine(self.url, settings.db_pool_size)
+            self._autocommit_writes = _autocommit_engine(self.url, settings.db_pool_size)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -97,9 +92,9 @@ class Database:
 
         On PostgreSQL every statement commits on its own (autocommit), which saves the BEGIN and
         COMMIT round trips of `transaction` and `read`. So statements that must agree or commit
-        together belong in `transaction` or `read`. Reads take connections of their own pool and
-        writes (`write`) those of the main pool, so a write that waits for a row lock does not
-        hold a connection that reads need. On SQLite the statements run in one transaction that
+        together belong in `transaction` or `read`. Reads and writes (`write`) take connections
+        of two separate pools, so a write that waits for a row lock does not hold a connection
+        that reads need. On SQLite the statements run in one transaction that
         commits at the end: BEGIN IMMEDIATE with `write`, so the writer holds the lock from the
         start, otherwise DEFERRED. The connection runs Core statements only, because no ORM
         session is open.
@@ -117,8 +112,16 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-        if self._autocommit_reads is not None:
-            await self._autocommit_reads.dispose()
+        for engine in (self._autocommit_reads, self._autocommit_writes):
+            if engine is not None:
+                await engine.dispose()
+
+
+def _autocommit_engine(url: URL, pool_size: int) -> AsyncEngine:
+    """Create an engine whose connections run in autocommit mode, with a fixed-size pool."""
+    return create_async_engine(
+        url, isolation_level="AUTOCOMMIT", pool_recycle=1800, pool_size=pool_size, max_overflow=0
+    )
 
 
 def _ensure_sqlite_folder(database: str | None) -> None:
