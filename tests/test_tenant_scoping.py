@@ -26,7 +26,6 @@ UNSCOPED_BY_DESIGN = {
     "docbatch.store.records.mark_ready",
     "docbatch.store.records.list_records_to_process",
     "docbatch.store.records.move_records",
-    "docbatch.store.records.set_references",
     "docbatch.store.records.add_log_entries",
     "docbatch.store.records.list_log_entries",
 }

@@ -543,13 +543,25 @@ async def test_page_moves_count_only_moved(api: Api, settings: Settings) -> None
                 session, ids[:1], awaiting, RecordStatus.VALIDATED, now
             )
         async with database.transaction() as session:
+            # ids[0] is no longer awaiting validation, so its reference is not written either.
             failed = await record_store.move_records(
-                session, ids[:2], awaiting, RecordStatus.VALIDATION_FAILED, now, completed=True
+                session,
+                ids[:2],
+                awaiting,
+                RecordStatus.VALIDATION_FAILED,
+                now,
+                completed=True,
+                references={ids[0]: "ORD-1"},
             )
             valid = await record_store.move_records(
-                session, ids[2:], awaiting, RecordStatus.COMPLETED, now, completed=True
+                session,
+                ids[2:],
+                awaiting,
+                RecordStatus.COMPLETED,
+                now,
+                completed=True,
+                references={ids[2]: "ORD-3", ids[3]: "ORD-4", ids[1]: "ORD-2"},
             )
-            await record_store.set_references(session, {ids[2]: "ORD-3", ids[3]: "ORD-4"})
             line = record_store.LogLine("Error", "Validation", "bad")
             await record_store.add_log_entries(session, {ids[1]: [line, line]}, now)
             nothing = await record_store.move_records(

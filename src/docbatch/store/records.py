@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, case, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from docbatch.auth.principal import TenantScope
@@ -156,9 +156,15 @@ async def move_records(
     *,
     has_log_data: bool = False,
     completed: bool = False,
+    references: Mapping[int, str] | None = None,
 ) -> set[int]:
     """Compare-and-set the status of many records in one statement; return the ids this call
-    moved. Records in another status than `expected` are left as they are."""
+    moved. Records in another status than `expected` are left as they are.
+
+    `references` maps record ids to the reference read from their payloads. It is written in the
+    same statement, so each moved record gets one new row version rather than two, and a record
+    that is not moved keeps its reference.
+    """
     if not record_ids:
         return set()
     values: dict[str, object] = {"status": new.value, "updated_at": now}
@@ -166,6 +172,10 @@ async def move_records(
         values["has_log_data"] = True
     if completed:
         values["completed_at"] = now
+    if references:
+        values["reference"] = case(
+            dict(references), value=_records.c.id, else_=_records.c.reference
+        )
     result = await session.execute(
         update(_records)
         .where(
@@ -176,28 +186,6 @@ async def move_records(
         .returning(_records.c.id)
     )
     return set(result.scalars())
-
-
-# Executed once per record in one round trip; the parameter names differ from the column names,
-# which an UPDATE executed with many parameter sets requires.
-_SET_REFERENCE = (
-    update(_records)
-    .where(_records.c.id == bindparam("record_id"))
-    .values(reference=bindparam("new_reference"))
-)
-
-
-async def set_references(session: AsyncSession, references: Mapping[int, str]) -> None:
-    """Store the reference extracted from each record's payload."""
-    if not references:
-        return
-    await session.execute(
-        _SET_REFERENCE,
-        [
-            {"record_id": record_id, "new_reference": reference}
-            for record_id, reference in references.items()
-        ],
-    )
 
 
 async def add_log_entries(

@@ -55,6 +55,12 @@ async def _record_outcomes(
 ) -> _Outcomes:
     """Move the validated records to their outcomes with one compare-and-set per outcome; count
     only the records this call moved."""
+    # Records are inserted without a reference, so only the ones found in a payload are written.
+    references = {
+        record.id: check.reference
+        for record, check in zip(pending, checks, strict=True)
+        if check.reference is not None
+    }
     failed_ids = [record.id for record, check in zip(pending, checks, strict=True) if check.issues]
     valid_ids = [
         record.id for record, check in zip(pending, checks, strict=True) if not check.issues
@@ -67,6 +73,7 @@ async def _record_outcomes(
         now,
         has_log_data=True,
         completed=True,
+        references=references,
     )
     moved_valid = await record_store.move_records(
         session,
@@ -75,17 +82,9 @@ async def _record_outcomes(
         RecordStatus.COMPLETED if complete_valid else RecordStatus.VALIDATED,
         now,
         completed=complete_valid,
+        references=references,
     )
     moved = moved_failed | moved_valid
-    # Records are inserted without a reference, so only the ones found in a payload are written.
-    await record_store.set_references(
-        session,
-        {
-            record.id: check.reference
-            for record, check in zip(pending, checks, strict=True)
-            if check.reference is not None and record.id in moved
-        },
-    )
     await record_store.add_log_entries(
         session,
         {
