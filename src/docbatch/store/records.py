@@ -7,10 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, case, insert, select, update
+from sqlalchemy import JSON, String, Table, bindparam, func, insert, literal, select, update
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from docbatch.auth.principal import TenantScope
+from docbatch.store.database import dialect_name
 from docbatch.store.models import BatchRecord, RecordLogEntry, RecordStatus
 
 # Worker queries run as Core statements on the tables, which skip the ORM's per-statement work.
@@ -147,6 +151,22 @@ async def list_records_to_process(
     return [RecordToProcess(*row) for row in result]
 
 
+def _reference_by_id(dialect: str, references: Mapping[int, str]) -> ColumnElement[str]:
+    """Return an expression that looks up each row's id in `references`, or NULL.
+
+    The references travel as one JSON object bound to one parameter, so the statement has the
+    same text for every page. A CASE with a branch per record built hundreds of bound parameters
+    per page, which cost the worker more time than the statement itself.
+    """
+    as_json = {str(record_id): reference for record_id, reference in references.items()}
+    key = sql_cast(_records.c.id, String)
+    if dialect == "postgresql":
+        document = bindparam("references_by_id", as_json, type_=JSONB)
+        return func.jsonb_extract_path_text(document, key)
+    path = literal('$."') + key + literal('"')
+    return func.json_extract(bindparam("references_by_id", as_json, type_=JSON), path)
+
+
 async def move_records(
     session: AsyncSession,
     record_ids: Sequence[int],
@@ -173,8 +193,8 @@ async def move_records(
     if completed:
         values["completed_at"] = now
     if references:
-        values["reference"] = case(
-            dict(references), value=_records.c.id, else_=_records.c.reference
+        values["reference"] = func.coalesce(
+            _reference_by_id(dialect_name(session), references), _records.c.reference
         )
     result = await session.execute(
         update(_records)
