@@ -165,3 +165,16 @@ def tree_cpu_seconds(pid: int) -> float:
             except FileNotFoundError:
                 continue  # the child exited between the listing and the read
     return total
+
+
+def machine_busy_seconds() -> float:
+    """Return the CPU time every core of this machine has spent busy since boot, in seconds.
+
+    PostgreSQL runs on this machine in the benchmark, so the change over a measurement shows how
+    much of the machine all processes used together.
+    """
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    # user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+    ticks = [int(value) for value in fields[:8]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import sys
 import time
 import uuid
@@ -14,7 +15,7 @@ from bench import postgres
 from bench.context import Context
 from bench.load import WrkResult, run_pgbench, run_wrk
 from bench.postgres import batch_guid
-from bench.processes import memory_kib, tree_cpu_seconds
+from bench.processes import machine_busy_seconds, memory_kib, tree_cpu_seconds
 from bench.report import Row, median
 
 PGBENCH_SCRIPT = Path(__file__).parent / "mark_upload_complete.pgbench"
@@ -432,6 +433,8 @@ def _process_batch_with_workers(
         for worker in workers:
             _wait_for_log(worker.log, "worker.started", 1, 60)
         connection = context.connection()
+        cpu_before = [tree_cpu_seconds(worker.pid) for worker in workers]
+        machine_before = machine_busy_seconds()
         started = time.perf_counter()
         context.close_batch(connection, batch_guid(batch_id))
         connection.close()
@@ -446,6 +449,18 @@ def _process_batch_with_workers(
                 raise TimeoutError(f"batch {batch_id} is still {row['status']} after the deadline")
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
+        worker_cpu = sum(
+            tree_cpu_seconds(worker.pid) - before
+            for worker, before in zip(workers, cpu_before, strict=True)
+        )
+        machine = machine_busy_seconds() - machine_before
+        print(
+            f"bench: {worker_count} worker(s): {records / elapsed:,.0f} records/s in "
+            f"{elapsed:.2f} s; workers used {worker_cpu / elapsed:.2f} cores, the whole machine "
+            f"{machine / elapsed:.2f} of {os.cpu_count()} cores",
+            file=sys.stderr,
+            flush=True,
+        )
     finally:
         for worker in workers:
             context.stop(worker)
