@@ -24,8 +24,8 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class _Counters:
-    """What the service has used so far: CPU seconds over its processes, and the sessions
-    PostgreSQL has counted for the benchmark database."""
+    """The service's CPU seconds so far, summed over its processes, and the sessions PostgreSQL
+    has counted for the benchmark database."""
 
     cpu_seconds: float
     sessions: int
