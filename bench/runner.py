@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import instructions, profiling
-from bench.context import FULL, SMOKE, Context
+from bench.context import FULL, SMOKE, Context, Sizes
 from bench.load import missing_tools
 from bench.postgres import ServerAddress
 from bench.report import Row, format_table
@@ -100,6 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _scratch_context(
+    arguments: argparse.Namespace, sizes: Sizes, *, api_processes: int = 1
+) -> Context:
+    """Return a context with a new scratch folder and a database name no other run uses."""
+    return Context(
+        server=ServerAddress.from_url(arguments.postgres_url),
+        database=f"bench_{os.getpid()}_{int(time.time())}",
+        folder=Path(tempfile.mkdtemp(prefix="docbatch-bench-")),
+        sizes=sizes,
+        api_processes=api_processes,
+    )
+
+
 def count_instructions(arguments: argparse.Namespace) -> int:
     if not arguments.smoke and instructions.missing_valgrind():
         print(
@@ -107,13 +120,7 @@ def count_instructions(arguments: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    folder = Path(tempfile.mkdtemp(prefix="docbatch-bench-"))
-    context = Context(
-        server=ServerAddress.from_url(arguments.postgres_url),
-        database=f"bench_{os.getpid()}_{int(time.time())}",
-        folder=folder,
-        sizes=SMOKE,
-    )
+    context = _scratch_context(arguments, SMOKE)
     started = time.monotonic()
     try:
         context.prepare(start_service=False)
@@ -123,7 +130,7 @@ def count_instructions(arguments: argparse.Namespace) -> int:
     print(instructions.format_measurements(measurements))
     print(f"\nwall time: {time.monotonic() - started:.0f} s")
     if arguments.keep_folder:
-        print(f"logs kept in {folder}")
+        print(f"logs kept in {context.folder}")
     return 0
 
 
@@ -151,14 +158,7 @@ def run(arguments: argparse.Namespace) -> int:
     if arguments.load_seconds is not None:
         sizes = replace(sizes, load_seconds=arguments.load_seconds)
     names = arguments.scenario or list(SCENARIOS)
-    folder = Path(tempfile.mkdtemp(prefix="docbatch-bench-"))
-    context = Context(
-        server=ServerAddress.from_url(arguments.postgres_url),
-        database=f"bench_{os.getpid()}_{int(time.time())}",
-        folder=folder,
-        sizes=sizes,
-        api_processes=arguments.api_processes,
-    )
+    context = _scratch_context(arguments, sizes, api_processes=arguments.api_processes)
     rows: list[Row] = []
     failures: list[str] = []
     started = time.monotonic()
@@ -197,7 +197,7 @@ def run(arguments: argparse.Namespace) -> int:
         f"API processes: {arguments.api_processes}; wall time: {time.monotonic() - started:.0f} s"
     )
     if arguments.keep_folder:
-        print(f"logs and blobs kept in {folder}")
+        print(f"logs and blobs kept in {context.folder}")
     if failures:
         print(f"bench: scenarios that failed to run: {', '.join(failures)}", file=sys.stderr)
         return 1

@@ -55,14 +55,13 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine, settings.sqlite_busy_timeout_ms)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
-        # Single statements on PostgreSQL run on connections of two pools of their own, opened
-        # in autocommit mode: one for reads and one for writes, so that a write waiting for a
-        # row lock never holds a connection that reads need. Switching main-pool connections to
-        # autocommit on every checkout and back on return took about 40 % more instructions per
-        # read (callgrind). Neither pool has overflow: an overflow connection is closed when it
-        # is returned to a full pool, so a load that goes up and down opens and closes server
-        # connections all the time. Each adds at most `db_pool_size` connections, and only in
-        # processes that run such statements.
+        # Single statements on PostgreSQL use two pools opened in autocommit mode, one for reads
+        # and one for writes, so a write waiting for a row lock holds no connection a read needs.
+        # Switching main-pool connections to autocommit per checkout cost about 40 % more
+        # instructions per read (callgrind). Neither pool has overflow, because an overflow
+        # connection is closed when it returns to a full pool, so a varying load would keep
+        # opening new server connections. Each pool opens at most `db_pool_size` connections,
+        # and only in processes that run such statements.
         self._autocommit_reads: AsyncEngine | None = None
         self._autocommit_writes: AsyncEngine | None = None
         if not self.is_sqlite:

@@ -156,7 +156,7 @@ def _reference_by_id(dialect: str, references: Mapping[int, str]) -> ColumnEleme
 
     The references travel as one JSON object bound to one parameter, so the statement has the
     same text for every page. A CASE with a branch per record built hundreds of bound parameters
-    per page, which cost the worker more time than the statement itself.
+    per page, and building it took most of the move's time in the worker (py-spy).
     """
     as_json = {str(record_id): reference for record_id, reference in references.items()}
     key = sql_cast(_records.c.id, String)
