@@ -7,18 +7,22 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 from httpx import ASGITransport, AsyncClient
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import bindparam, func, insert, literal, select, text
 
 from docbatch.app import create_app
+from docbatch.core.errors import InfrastructureError
 from docbatch.core.settings import Settings
 from docbatch.core.timefmt import utcnow
 from docbatch.store import batch_types as batch_type_store
 from docbatch.store import tenants as tenant_store
-from docbatch.store.database import Database
+from docbatch.store.database import Database, DriverStatement, fetch_row
 from docbatch.store.models import Batch, BatchType, Tenant
 from tests.support import Api, TokenFactory
+
+BigIntType = Batch.__table__.c.total_records.type
 
 
 @pytest.fixture
@@ -99,6 +103,65 @@ async def test_single_writes_keep_their_connections(settings: Settings) -> None:
         await database.dispose()
     assert len(set(first_round)) <= 2
     assert set(second_round) <= set(first_round)
+
+
+_BACKEND_PID = DriverStatement.compile(select(func.pg_backend_pid()))
+
+
+@pytest.mark.postgresql
+async def test_driver_statement_fills_literals(database: Database) -> None:
+    statement = DriverStatement.compile(
+        select(literal("fixed"), bindparam("given", type_=Tenant.__table__.c.name.type))
+    )
+    async with database.single_statements(write=True) as connection:
+        row = await fetch_row(connection, statement, {"given": "passed"})
+    assert row is not None
+    assert tuple(row) == ("fixed", "passed")
+    with pytest.raises(KeyError, match="given"):
+        statement.arguments({})
+
+
+@pytest.mark.postgresql
+async def test_driver_statement_error_keeps_connection(database: Database) -> None:
+    """An error of the statement itself leaves the connection usable, so it stays pooled."""
+    dividing = DriverStatement.compile(select(literal(1) / bindparam("divisor", type_=BigIntType)))
+    async with database.single_statements(write=True) as connection:
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await fetch_row(connection, dividing, {"divisor": 0})
+        assert not connection.invalidated
+        row = await fetch_row(connection, dividing, {"divisor": 1})
+    assert row is not None
+    assert row[0] == 1
+
+
+@pytest.mark.postgresql
+async def test_lost_driver_connection_is_replaced(database: Database) -> None:
+    async with database.single_statements(write=True) as connection:
+        first = await fetch_row(connection, _BACKEND_PID, {})
+        assert first is not None
+        async with database.transaction() as session:
+            await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first[0]})
+        with pytest.raises(InfrastructureError, match="connection"):
+            await fetch_row(connection, _BACKEND_PID, {})
+        assert connection.invalidated
+    async with database.single_statements(write=True) as connection:
+        second = await fetch_row(connection, _BACKEND_PID, {})
+    assert second is not None
+    assert second[0] != first[0]
+
+
+@pytest.mark.postgresql
+async def test_cancelled_driver_statement_discards_connection(database: Database) -> None:
+    """A statement cancelled by its caller may still run on the server, so its connection is
+    not returned to the pool for the next request."""
+    sleeping = DriverStatement.compile(select(func.pg_sleep(bindparam("seconds"))))
+    async with database.single_statements(write=True) as connection:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(fetch_row(connection, sleeping, {"seconds": 5}), timeout=0.2)
+        assert connection.invalidated
+    async with database.single_statements(write=True) as connection:
+        row = await fetch_row(connection, _BACKEND_PID, {})
+    assert row is not None
 
 
 async def test_batch_type_loads_through_connection(database: Database, api: Api) -> None:

@@ -17,6 +17,7 @@ from docbatch.core.errors import (
     DocBatchError,
     InfrastructureError,
     ServiceUnavailableError,
+    is_unavailable_sqlstate,
     summarize_error,
 )
 
@@ -122,14 +123,9 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
     return envelope_response(500, internal_error_message(request_id))
 
 
-# PostgreSQL SQLSTATE classes that mean the server cannot take the request now: 08 connection
-# exceptions, 53 insufficient resources (too many clients), 57P operator intervention (shutdown).
-_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")
-
-
 def _is_unavailable_sqlstate(error: DBAPIError) -> bool:
     sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
-    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
+    return is_unavailable_sqlstate(sqlstate)
 
 
 def install_error_handlers(app: FastAPI) -> None:

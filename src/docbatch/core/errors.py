@@ -74,6 +74,16 @@ class InfrastructureError(Exception):
     """A database or blob store failure that a worker retries with backoff."""
 
 
+# PostgreSQL SQLSTATE classes that mean the server cannot take the request now: 08 connection
+# exceptions, 53 insufficient resources (too many clients), 57P operator intervention (shutdown).
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")
+
+
+def is_unavailable_sqlstate(sqlstate: object) -> bool:
+    """Tell whether a PostgreSQL SQLSTATE means the server cannot take the request now."""
+    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
+
+
 def summarize_error(error: BaseException, limit: int = 300) -> str:
     """Return the first line of an error's message for a log line, or its type when it has none."""
     lines = str(error).splitlines()

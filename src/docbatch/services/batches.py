@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from docbatch.auth.principal import TenantScope
 from docbatch.core.errors import ConflictError, NotFoundError
@@ -77,7 +77,7 @@ async def get_batch(
 
 
 async def mark_upload_complete(
-    executor: Executor,
+    connection: AsyncConnection,
     scope: TenantScope,
     guid: uuid.UUID,
     expected_record_count: int | None,
@@ -95,7 +95,7 @@ async def mark_upload_complete(
     `expected_record_count` differs from the records accepted.
     """
     closed = await store.close_upload(
-        executor, scope, guid, expected_record_count, utcnow(), process_batch_job(settings)
+        connection, scope, guid, expected_record_count, utcnow(), process_batch_job(settings)
     )
     if closed is not None:
         logger.info(
@@ -105,9 +105,9 @@ async def mark_upload_complete(
             status=closed.status,
             records=closed.total_records,
         )
-        return closed, await batch_type_store.get_batch_type_by_id(executor, closed.batch_type_id)
+        return closed, await batch_type_store.get_batch_type_by_id(connection, closed.batch_type_id)
 
-    batch = await _read(executor, scope, guid)
+    batch = await _read(connection, scope, guid)
     status = BatchStatus(batch.status)
     if status == BatchStatus.CREATING:
         raise ConflictError(
@@ -119,7 +119,7 @@ async def mark_upload_complete(
         raise ConflictError(
             f"Batch {guid} is {status.value}; a {status.value.lower()} batch cannot be completed."
         )
-    return batch, await batch_type_store.get_batch_type_by_id(executor, batch.batch_type_id)
+    return batch, await batch_type_store.get_batch_type_by_id(connection, batch.batch_type_id)
 
 
 async def approve_batch(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import (
@@ -17,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from docbatch.core.errors import InfrastructureError, is_unavailable_sqlstate
 from docbatch.core.settings import Settings
 
 # The execution option that picks how a SQLite transaction begins. Writers take the write lock at
@@ -114,6 +118,89 @@ class Database:
         for engine in (self._autocommit_reads, self._autocommit_writes):
             if engine is not None:
                 await engine.dispose()
+
+
+_ASYNCPG_DIALECT = make_url("postgresql+asyncpg://").get_dialect()()
+
+
+@dataclass(frozen=True, slots=True)
+class DriverStatement:
+    """A Core statement compiled once into PostgreSQL's SQL for the asyncpg driver.
+
+    `fetch_row` runs it on the driver connection under a pooled connection, which skips
+    SQLAlchemy's work per execution: the compiled cache lookup, the execution context, the switch
+    into a greenlet and the result wrapping. asyncpg still prepares the statement once per
+    connection. No column type processes the parameters, so each must be a value that asyncpg
+    encodes as it is: str, int, bool, UUID, or a datetime with its time zone set.
+    """
+
+    sql: str
+    parameter_names: tuple[str, ...]
+    # The values of the statement's literal parameters, such as the statuses it compares with.
+    literals: Mapping[str, Any]
+
+    @classmethod
+    def compile(cls, statement: Any) -> DriverStatement:
+        compiled = statement.compile(dialect=_ASYNCPG_DIALECT)
+        literals = {
+            name: parameter.value
+            for parameter, name in compiled.bind_names.items()
+            if not parameter.required
+        }
+        return cls(compiled.string, tuple(compiled.positiontup or ()), literals)
+
+    def arguments(self, parameters: Mapping[str, Any]) -> list[Any]:
+        """Return the positional arguments for `parameters`; a missing one raises KeyError."""
+        return [
+            parameters[name] if name in parameters else self.literals[name]
+            for name in self.parameter_names
+        ]
+
+
+async def fetch_row(
+    connection: AsyncConnection, statement: DriverStatement, parameters: Mapping[str, Any]
+) -> Sequence[Any] | None:
+    """Run `statement` on the asyncpg connection under `connection` and return its first row.
+
+    `connection` must be in autocommit mode (`Database.single_statements` on PostgreSQL), because
+    SQLAlchemy does not see the statement and so would not commit it. A failure that leaves the
+    connection unusable (server gone, connection lost, cancelled mid-statement) invalidates it,
+    so the pool opens a new one. A lost or unavailable server raises `InfrastructureError`, which
+    the API returns as a 503. Other PostgreSQL errors propagate unchanged.
+    """
+    arguments = statement.arguments(parameters)
+    driver = (await connection.get_raw_connection()).driver_connection
+    if driver is None:
+        raise InfrastructureError("the database connection is closed")
+    try:
+        row: Sequence[Any] | None = await driver.fetchrow(statement.sql, *arguments)
+    except asyncio.CancelledError:
+        # asyncpg may still be waiting for the server to end the statement, so start afresh.
+        await connection.invalidate()
+        raise
+    except (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        OSError,
+    ) as error:
+        if not _connection_lost(driver, error):
+            raise
+        await connection.invalidate(error)
+        raise InfrastructureError(f"the database connection failed: {error}") from error
+    return row
+
+
+def _connection_lost(driver: Any, error: Exception) -> bool:
+    """Tell whether `error` leaves the driver connection unusable or the server unavailable.
+
+    As SQLAlchemy's asyncpg dialect does, a connection that asyncpg has closed counts as lost.
+    So do socket errors and asyncpg's internal state errors, which a connection cut in the middle
+    of a statement can raise.
+    """
+    if driver.is_closed() or isinstance(error, OSError | asyncpg.InternalClientError):
+        return True
+    return isinstance(error, asyncpg.PostgresError) and is_unavailable_sqlstate(error.sqlstate)
 
 
 def _autocommit_engine(url: URL, pool_size: int) -> AsyncEngine:
