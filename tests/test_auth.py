@@ -478,6 +478,52 @@ async def test_tenant_guid_missing(api: Api) -> None:
     assert_envelope_error(response, 400, "tenantGuid")
 
 
+@pytest.mark.parametrize(
+    ("authorization", "status", "fragment"),
+    [
+        ("none", 401, "bearer token is required"),
+        ("no_role", 403, "BatchViewer"),
+        ("valid", 400, "tenantGuid is required"),
+    ],
+)
+async def test_tenant_guid_missing_check_order(
+    client: AsyncClient,
+    tokens: TokenFactory,
+    tenant: uuid.UUID,
+    authorization: str,
+    status: int,
+    fragment: str,
+) -> None:
+    """Without tenantGuid, a missing token is still a 401 and a missing role still a 403."""
+    roles = {"none": [], "no_role": [Role.BATCH_CREATOR.value], "valid": ALL_ROLES}[authorization]
+    headers = {}
+    if authorization != "none":
+        headers["Authorization"] = f"Bearer {tokens.mint([tenant], roles=roles)}"
+    response = await client.get("/api/DocBatch/GetBatchTypes", headers=headers)
+    assert_envelope_error(response, status, fragment)
+
+
+@pytest.mark.parametrize(
+    ("case", "challenge"),
+    [
+        ("missing", "Bearer"),
+        ("basic_scheme", "Bearer"),
+        ("malformed", 'Bearer error="invalid_token"'),
+    ],
+)
+async def test_bearer_challenge_error_code(
+    client: AsyncClient, tokens: TokenFactory, tenant: uuid.UUID, case: str, challenge: str
+) -> None:
+    """Only a bearer token that was sent and rejected gets the invalid_token error code."""
+    authorization = _authorization(case, tokens, tenant)
+    headers = {"Authorization": authorization} if authorization else {}
+    response = await client.get(
+        "/api/DocBatch/GetBatchTypes", params={"tenantGuid": str(tenant)}, headers=headers
+    )
+    assert_envelope_error(response, 401)
+    assert response.headers["www-authenticate"] == challenge
+
+
 async def test_tenant_guid_upper_case(api: Api) -> None:
     response = await api.call("GET", "GetBatchTypes", {"tenantGuid": str(api.tenant).upper()})
     assert response.status_code == 200, response.text

@@ -100,6 +100,18 @@ async def test_openapi_actions_secured(client: AsyncClient, subtests: pytest.Sub
             assert operation.get("security") == [{scheme_name: []}]
 
 
+async def test_openapi_actions_take_tenant(client: AsyncClient, subtests: pytest.Subtests) -> None:
+    document = await _openapi(client)
+    for path, method in _actions():
+        with subtests.test(action=f"{method.upper()} {path}"):
+            parameters = document["paths"][path][method].get("parameters", [])
+            tenant = [parameter for parameter in parameters if parameter["name"] == "tenantGuid"]
+            assert len(tenant) == 1
+            assert tenant[0]["in"] == "query"
+            assert tenant[0]["required"] is True
+            assert tenant[0]["schema"]["type"] == "string"
+
+
 async def test_openapi_token_unsecured(client: AsyncClient) -> None:
     operation = (await _openapi(client))["paths"][TOKEN_PATH]["post"]
     assert "security" not in operation

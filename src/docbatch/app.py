@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from docbatch import __version__
 from docbatch.api import batch_types, batches, records, token
+from docbatch.api.deps import document_scopes
 from docbatch.api.errors import install_error_handlers
 from docbatch.api.middleware import JsonBodyLimitMiddleware, RequestIdMiddleware
 from docbatch.api.state import AppState
@@ -137,16 +138,16 @@ def _openapi_schema(app: FastAPI) -> dict[str, Any]:
 
     FastAPI documents a 422 `{"detail": ...}` answer that this service never sends (validation
     errors are 400 envelopes), and drops null values from examples, which would hide the
-    envelope's `error` and `result` keys.
+    envelope's `error` and `result` keys. The role dependencies read the token and `tenantGuid`
+    themselves, so `document_scopes` adds both to the operations.
     """
     if app.openapi_schema is not None:
         return app.openapi_schema
+    routes = [route for router in _DOCUMENTED_ROUTERS for route in router.routes]
     schema = get_openapi(
-        title=app.title,
-        version=app.version,
-        description=app.description,
-        routes=[route for router in _DOCUMENTED_ROUTERS for route in router.routes],
+        title=app.title, version=app.version, description=app.description, routes=routes
     )
+    document_scopes(schema, routes)
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             responses = operation.get("responses", {})
