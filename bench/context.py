@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import shutil
 import subprocess
 import time
@@ -131,7 +132,7 @@ class Context:
     def _docbatch(self, *arguments: str) -> str:
         completed = subprocess.run(  # noqa: S603
             [str(processes.VENV_BIN / "docbatch"), *arguments],
-            env={**processes.os.environ, **self.environment},
+            env={**os.environ, **self.environment},
             capture_output=True,
             text=True,
             timeout=120,
@@ -142,7 +143,8 @@ class Context:
                 f"docbatch {' '.join(arguments)} failed with status {completed.returncode}: "
                 f"{completed.stderr}"
             )
-        return completed.stdout
+        output: str = completed.stdout
+        return output
 
     def log_path(self, name: str) -> Path:
         return self.folder / f"{name}.log"

@@ -60,7 +60,8 @@ class Sql:
         return self._runner.run(coroutine)
 
     def execute(self, statement: str, *arguments: Any) -> str:
-        return self._run(self._connection.execute(statement, *arguments))
+        status: str = self._run(self._connection.execute(statement, *arguments))
+        return status
 
     def fetchval(self, statement: str, *arguments: Any) -> Any:
         return self._run(self._connection.fetchval(statement, *arguments))

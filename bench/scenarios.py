@@ -7,7 +7,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -332,7 +332,7 @@ def _stream_large_record(
     filler_size = size - len("<large></large>")
     chunk = b"x" * MIB
 
-    def body() -> object:
+    def body() -> Iterator[bytes]:
         yield head
         remaining = filler_size
         while remaining > 0:
