@@ -269,7 +269,10 @@ async def test_bearer_rejected(
         "/api/DocBatch/GetBatchTypes", params={"tenantGuid": str(tenant)}, headers=headers
     )
     assert_envelope_error(response, 401)
-    assert response.headers["www-authenticate"].startswith("Bearer")
+    # Only a bearer token that was sent and rejected gets the invalid_token error code.
+    sent = case not in ("missing", "basic_scheme")
+    expected = 'Bearer error="invalid_token"' if sent else "Bearer"
+    assert response.headers["www-authenticate"] == expected
 
 
 async def test_bearer_expiry_leeway(api: Api, tokens: TokenFactory, tenant: uuid.UUID) -> None:
@@ -501,27 +504,6 @@ async def test_tenant_guid_missing_check_order(
         headers["Authorization"] = f"Bearer {tokens.mint([tenant], roles=roles)}"
     response = await client.get("/api/DocBatch/GetBatchTypes", headers=headers)
     assert_envelope_error(response, status, fragment)
-
-
-@pytest.mark.parametrize(
-    ("case", "challenge"),
-    [
-        ("missing", "Bearer"),
-        ("basic_scheme", "Bearer"),
-        ("malformed", 'Bearer error="invalid_token"'),
-    ],
-)
-async def test_bearer_challenge_error_code(
-    client: AsyncClient, tokens: TokenFactory, tenant: uuid.UUID, case: str, challenge: str
-) -> None:
-    """Only a bearer token that was sent and rejected gets the invalid_token error code."""
-    authorization = _authorization(case, tokens, tenant)
-    headers = {"Authorization": authorization} if authorization else {}
-    response = await client.get(
-        "/api/DocBatch/GetBatchTypes", params={"tenantGuid": str(tenant)}, headers=headers
-    )
-    assert_envelope_error(response, 401)
-    assert response.headers["www-authenticate"] == challenge
 
 
 async def test_tenant_guid_upper_case(api: Api) -> None:

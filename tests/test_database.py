@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from httpx import ASGITransport, AsyncClient
-from sqlalchemy import bindparam, func, insert, literal, select, text
+from sqlalchemy import BigInteger, String, bindparam, func, insert, literal, select, text
 
 from docbatch.app import create_app
 from docbatch.core.errors import InfrastructureError
@@ -21,8 +21,6 @@ from docbatch.store import tenants as tenant_store
 from docbatch.store.database import Database, DriverStatement, fetch_row
 from docbatch.store.models import Batch, BatchType, Tenant
 from tests.support import Api, TokenFactory
-
-BigIntType = Batch.__table__.c.total_records.type
 
 
 @pytest.fixture
@@ -111,7 +109,7 @@ _BACKEND_PID = DriverStatement.compile(select(func.pg_backend_pid()))
 @pytest.mark.postgresql
 async def test_driver_statement_fills_literals(database: Database) -> None:
     statement = DriverStatement.compile(
-        select(literal("fixed"), bindparam("given", type_=Tenant.__table__.c.name.type))
+        select(literal("fixed"), bindparam("given", type_=String()))
     )
     async with database.single_statements(write=True) as connection:
         row = await fetch_row(connection, statement, {"given": "passed"})
@@ -124,7 +122,9 @@ async def test_driver_statement_fills_literals(database: Database) -> None:
 @pytest.mark.postgresql
 async def test_driver_statement_error_keeps_connection(database: Database) -> None:
     """An error of the statement itself leaves the connection usable, so it stays pooled."""
-    dividing = DriverStatement.compile(select(literal(1) / bindparam("divisor", type_=BigIntType)))
+    dividing = DriverStatement.compile(
+        select(literal(1) / bindparam("divisor", type_=BigInteger()))
+    )
     async with database.single_statements(write=True) as connection:
         with pytest.raises(asyncpg.DivisionByZeroError):
             await fetch_row(connection, dividing, {"divisor": 0})

@@ -329,14 +329,14 @@ async def _add_stored_records(settings: Settings, api: Api, batch_guid: str, cou
 
 async def _record_row_versions(settings: Settings, batch_guid: str) -> list[str]:
     """Return the PostgreSQL row version (xmin) of each record of a batch, in id order."""
-    batch_id = await _batch_id(settings, batch_guid)
+    versions = text(
+        "SELECT r.xmin::text FROM batch_records r JOIN batches b ON b.id = r.batch_id "
+        "WHERE b.guid = :guid ORDER BY r.id"
+    )
     database = Database(settings)
     try:
         async with database.read() as session:
-            result = await session.execute(
-                text("SELECT xmin::text FROM batch_records WHERE batch_id = :id ORDER BY id"),
-                {"id": batch_id},
-            )
+            result = await session.execute(versions, {"guid": uuid.UUID(batch_guid)})
             return list(result.scalars())
     finally:
         await database.dispose()
